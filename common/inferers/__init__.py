@@ -1,0 +1,3 @@
+from .box_propagation import BoxPropagationInferer, SliceEmbeddingCache, propagation_order
+
+__all__ = ["BoxPropagationInferer", "SliceEmbeddingCache", "propagation_order"]

@@ -1,0 +1,3 @@
+from .medsam import MedSAMLoss, mask_iou
+
+__all__ = ["MedSAMLoss", "mask_iou"]

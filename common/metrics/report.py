@@ -1,0 +1,123 @@
+"""Per-case, per-structure Dice and normalised surface Dice (NSD) for box-prompted evaluation.
+
+MONAI's MetricsSaver writes one CSV per metric with classes as columns; evaluation of prompted models
+is read per structure and per prompting protocol, so this writes one row per (case, protocol,
+structure) as CSV and JSON, using MONAI's ``compute_dice`` and ``compute_surface_dice``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.metrics import compute_dice, compute_surface_dice
+
+logger = logging.getLogger(__name__)
+
+
+def voxel_spacing(affine) -> list[float]:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3x3 (or 2x2) block."""
+    a = np.asarray(affine, dtype=np.float64)
+    n = a.shape[0] - 1
+    return np.linalg.norm(a[:n, :n], axis=0).tolist()
+
+
+def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[float], tolerance_mm: float = 2.0):
+    """Dice and NSD per channel of binary ``(C, X, Y, Z)`` masks -> two lists of C floats (NaN if the target is empty)."""
+    p, t = pred[None].float(), target[None].float()
+    dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0]
+    nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * t.shape[1], include_background=True,
+                               spacing=list(spacing))[0]
+    return dice.tolist(), nsd.tolist()
+
+
+def _atomic_write(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class StructureMetricsReport:
+    """Ignite handler: collect per-structure Dice/NSD for each case and write ``<output_dir>/<name>.csv|.json``.
+
+    Expects decollated outputs with ``pred`` ``(P * S, X, Y, Z)`` (protocol-major channels, see
+    ``EvaluationBoxesd``) and ``label`` ``(S, X, Y, Z)`` carrying meta (``filename_or_obj``, ``affine``).
+
+    Args:
+        output_dir: folder for the report files.
+        structures: label values, in channel order.
+        structure_names: display names (defaults to the values).
+        protocols: protocol names, in channel-block order.
+        tolerance_mm: NSD tolerance (2 mm, as the LiteMedSAM challenge).
+        name: file stem of the report.
+    """
+
+    def __init__(self, output_dir: str, structures: Sequence[int], structure_names: Sequence[str] | None = None,
+                 protocols: Sequence[str] = ("slices", "propagation"), tolerance_mm: float = 2.0,
+                 name: str = "metrics"):
+        self.output_dir, self.name = output_dir, name
+        self.structures = [int(s) for s in structures]
+        self.names = list(structure_names) if structure_names else [str(s) for s in self.structures]
+        self.protocols, self.tolerance_mm = list(protocols), tolerance_mm
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def __call__(self, engine: Engine) -> None:
+        self.collect(engine)
+
+    def add_case(self, case: str, pred: torch.Tensor, label: torch.Tensor, spacing: Sequence[float]) -> list[dict]:
+        """Score one case; returns (and keeps) its rows."""
+        n = len(self.structures)
+        rows = []
+        for p, protocol in enumerate(self.protocols):
+            dice, nsd = structure_scores(pred[p * n:(p + 1) * n], label, spacing, self.tolerance_mm)
+            for s, value in enumerate(self.structures):
+                if math.isnan(dice[s]):
+                    continue
+                rows.append({"case": case, "protocol": protocol, "structure": self.names[s], "label": value,
+                             "dice": round(dice[s], 4), "nsd": round(nsd[s], 4)})
+        self.rows += rows
+        return rows
+
+    def collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            label = item["label"]
+            meta = getattr(label, "meta", {})
+            case = os.path.basename(str(meta.get("filename_or_obj", f"case_{len(self.rows)}")).rstrip("/"))
+            spacing = voxel_spacing(getattr(label, "affine", np.eye(4)))
+            for row in self.add_case(case, item["pred"].detach().cpu(), label.detach().cpu(), spacing):
+                logger.info(f"{row['case']} {row['protocol']:>11} {row['structure']:>14}: "
+                            f"Dice {row['dice']:.3f} NSD {row['nsd']:.3f}")
+
+    def summary(self) -> dict:
+        """Mean Dice/NSD per protocol and structure over cases."""
+        out: dict = {}
+        for protocol in self.protocols:
+            for name in self.names:
+                sel = [r for r in self.rows if r["protocol"] == protocol and r["structure"] == name]
+                if sel:
+                    out.setdefault(protocol, {})[name] = {
+                        "dice": round(float(np.mean([r["dice"] for r in sel])), 4),
+                        "nsd": round(float(np.mean([r["nsd"] for r in sel])), 4), "cases": len(sel)}
+        return out
+
+    def write(self, engine: Engine | None = None) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        fields = ["case", "protocol", "structure", "label", "dice", "nsd"]
+        lines = [",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in self.rows]
+        _atomic_write(os.path.join(self.output_dir, f"{self.name}.csv"), "\n".join(lines) + "\n")
+        report = {"tolerance_mm": self.tolerance_mm, "rows": self.rows, "summary": self.summary()}
+        _atomic_write(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=2))
+        logger.info(f"wrote {len(self.rows)} rows to {os.path.join(self.output_dir, self.name)}.csv/.json")

