@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 
 from common.transforms.sam_input import SliceGeometry
 
@@ -102,7 +103,9 @@ class BoxPropagationInferer(Inferer):
         box_labels = torch.as_tensor(box_labels).reshape(boxes.shape[0], -1)
         results = [self._one_volume(volume[b], network, boxes[b], box_labels[b]) for b in range(volume.shape[0])]
         out = torch.stack(results)
-        return out[..., 0] if is_2d else out
+        out = out[..., 0] if is_2d else out
+        # Carry the input's meta and transform trace, as a network output would, so Invertd can restore geometry.
+        return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
 
     def _one_volume(self, volume: torch.Tensor, network, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(C, X, Y, Z)`` volume -> ``(1, X, Y, Z)`` labels or ``(L, X, Y, Z)`` channels."""

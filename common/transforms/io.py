@@ -2,7 +2,8 @@
 
 MONAI's ``SaveImaged`` writes straight to the final path, so an interrupted run can leave a truncated
 NIfTI that viewers then open; :class:`AtomicSaveImaged` writes to a temporary file in the same folder
-with MONAI's ``NibabelWriter`` and renames it into place.
+and renames it into place. The array must already be on the input's grid (``Invertd``), so it is written as is
+with its affine (MONAI's ``NibabelWriter`` would resample and reshape singleton axes).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelWriter
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".tif", ".tiff")
 
 
@@ -36,10 +40,10 @@ class AtomicSaveImaged(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz",
-                 output_dtype=np.uint8, resample: bool = False, allow_missing_keys: bool = False):
+                 output_dtype=np.uint8, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.output_postfix, self.output_ext = output_dir, output_postfix, output_ext
-        self.output_dtype, self.resample = output_dtype, resample
+        self.output_dtype = output_dtype
 
     def __call__(self, data):
         d = dict(data)
@@ -49,13 +53,13 @@ class AtomicSaveImaged(MapTransform):
             stem = output_stem(meta.get("filename_or_obj", key))
             os.makedirs(self.output_dir, exist_ok=True)
             final = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}{self.output_ext}")
-            writer = NibabelWriter(output_dtype=self.output_dtype)
-            writer.set_data_array(img, channel_dim=0)
-            writer.set_metadata(meta_dict=meta, resample=self.resample)
+            array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0].astype(self.output_dtype)
+            nifti = nib.Nifti1Image(array, np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64))
             fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=self.output_ext, dir=self.output_dir)
             os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)
             try:
-                writer.write(tmp, verbose=False)
+                nib.save(nifti, tmp)
                 os.replace(tmp, final)
             except BaseException:
                 if os.path.exists(tmp):

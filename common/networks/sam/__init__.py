@@ -1,0 +1,53 @@
+"""SAM core: ViT image encoder with adapter slots, prompt encoder, two-way transformer, mask decoder.
+
+State dicts use the official ``sam_vit_{b,l,h}`` key layout (``image_encoder.*``, ``prompt_encoder.*``,
+``mask_decoder.*``), so Meta's checkpoints load with ``strict=True`` via :func:`load_checkpoint`.
+"""
+
+from .build import DECODER_DEFAULTS, TINY_OVERRIDES, build_sam_vit, build_tiny_sam
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_file
+from .common import MLP, LayerNorm2d, MLPBlock
+from .image_encoder import (
+    ADAPTER_SLOTS,
+    VIT_PRESETS,
+    Attention,
+    Block,
+    ImageEncoderViT,
+    PatchEmbed,
+    window_partition,
+    window_unpartition,
+)
+from .mask_decoder import MaskDecoder
+from .model import Sam
+from .tiny_vit import TinyViT
+from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .transformer import TwoWayAttentionBlock, TwoWayTransformer
+
+__all__ = [
+    "ADAPTER_SLOTS",
+    "Attention",
+    "Block",
+    "CheckpointError",
+    "DECODER_DEFAULTS",
+    "ImageEncoderViT",
+    "LayerNorm2d",
+    "MLP",
+    "MLPBlock",
+    "MaskDecoder",
+    "PatchEmbed",
+    "PositionEmbeddingRandom",
+    "PromptEncoder",
+    "Sam",
+    "TINY_OVERRIDES",
+    "TinyViT",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+    "VIT_PRESETS",
+    "build_sam_vit",
+    "build_tiny_sam",
+    "extract_state_dict",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "window_partition",
+    "window_unpartition",
+]

@@ -1,0 +1,136 @@
+"""Loading state-dict files into the SAM core with clear errors.
+
+Checkpoints are plain state dicts loaded with ``torch.load(..., weights_only=True)``. Training checkpoints that
+wrap the weights (``{"model": sd}``, ``{"state_dict": sd, "epoch": ...}``) are unwrapped, and a leading
+``module.`` (DataParallel/DDP) is stripped, so official SAM, MedSAM and LiteMedSAM files load without renaming.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "extract_state_dict", "load_checkpoint", "load_state_dict_file"]
+
+_WRAPPER_KEYS = ("model", "state_dict")
+_MAX_LISTED = 8
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read as a state dict, or does not fit the model."""
+
+
+def _is_tensor_mapping(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_state_dict(obj, source: str = "<in-memory object>") -> dict[str, torch.Tensor]:
+    """Return the ``{name: tensor}`` mapping inside ``obj`` (unwrapping ``model``/``state_dict`` entries, up to
+    3 levels) with any leading ``module.`` removed. ``source`` names the origin in error messages."""
+    for _ in range(4):
+        if _is_tensor_mapping(obj):
+            break
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(
+                f"{source}: expected a state dict (mapping of names to tensors), found {type(obj).__name__}"
+            )
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            non_tensor = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:_MAX_LISTED]
+            raise CheckpointError(
+                f"{source}: not a state dict: {len(obj)} entries, non-tensor entries include {non_tensor}, and no "
+                f"{' / '.join(repr(k) for k in _WRAPPER_KEYS)} entry holding one"
+            )
+        obj = inner
+    else:
+        raise CheckpointError(f"{source}: no state dict found within nested 'model'/'state_dict' entries")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_state_dict_file(
+    path: str | os.PathLike, map_location: str | torch.device | None = "cpu", hint: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` with ``torch.load(weights_only=True)`` (see :func:`extract_state_dict`).
+
+    Raises ``FileNotFoundError`` (message names the path, plus ``hint``, e.g. where to get the weights) or
+    :class:`CheckpointError` when the file is unreadable or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        message = f"checkpoint file not found: {path}"
+        raise FileNotFoundError(f"{message}. {hint}" if hint else message)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) (it pickles non-tensor objects); save a "
+            f"plain state dict instead ({e})"
+        ) from e
+    except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    return extract_state_dict(obj, source=str(path))
+
+
+def _first(items: list, n: int = _MAX_LISTED) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping,
+    strict: bool = True,
+    hint: str | None = None,
+    prefix: str | None = None,
+    map_location: str | torch.device | None = "cpu",
+    assign: bool = False,
+):
+    """Load a checkpoint file or state dict into ``model``; keys are used as they are (no renaming).
+
+    Args:
+        model: target module (e.g. :class:`Sam`, keys ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``).
+        path_or_state_dict: file path, or an (optionally wrapped) state dict.
+        strict: require exactly the model's keys. Shape mismatches are always an error.
+        hint: appended to the FileNotFoundError message (how to obtain the weights).
+        prefix: load only keys starting with ``prefix`` (e.g. ``"image_encoder."``), with the prefix removed.
+        map_location / assign: passed to ``torch.load`` / ``load_state_dict`` (``assign=True`` for meta models).
+
+    Returns the ``(missing_keys, unexpected_keys)`` result of ``load_state_dict``. Raises
+    :class:`CheckpointError` naming the source and the first differing keys.
+    """
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        source = str(path_or_state_dict)
+        state = load_state_dict_file(path_or_state_dict, map_location=map_location, hint=hint)
+    elif isinstance(path_or_state_dict, Mapping):
+        source = "<in-memory state dict>"
+        state = extract_state_dict(path_or_state_dict, source=source)
+    else:
+        raise TypeError(f"expected a checkpoint path or a state dict, got {type(path_or_state_dict).__name__}")
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{source}: no keys start with prefix {prefix!r}")
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if mismatched or (strict and (missing or unexpected)):
+        lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
+        if missing and strict:
+            lines.append(f"  {len(missing)} missing key(s): {_first(missing)}")
+        if unexpected and strict:
+            lines.append(f"  {len(unexpected)} unexpected key(s): {_first(unexpected)}")
+        if mismatched:
+            lines.append(f"  {len(mismatched)} shape mismatch(es): {_first(mismatched, 4)}")
+        raise CheckpointError("\n".join(lines))
+    return model.load_state_dict(state, strict=strict, assign=assign)

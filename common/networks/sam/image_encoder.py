@@ -1,0 +1,381 @@
+"""SAM's ViT image encoder (ViTDet style), with adapter slots in every block.
+
+Key layout (identical to the official ``sam_vit_{b,l,h}`` checkpoints, under ``image_encoder.``):
+``patch_embed.proj.{weight,bias}``, ``pos_embed``, ``blocks.{i}.norm1/norm2.{weight,bias}``,
+``blocks.{i}.attn.qkv/proj.{weight,bias}``, ``blocks.{i}.attn.rel_pos_h/rel_pos_w``,
+``blocks.{i}.mlp.lin1/lin2.{weight,bias}``, ``neck.{0,2}.weight``, ``neck.{1,3}.{weight,bias}``.
+Adapters placed with :meth:`Block.set_adapter` appear under ``blocks.{i}.adapters.{slot}.*``; unused slots add
+no keys.
+
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`; SAM's decomposed relative
+position bias is computed separately and passed as the additive ``attn_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.attention_utils import get_rel_pos
+from torch import nn
+
+from .common import LayerNorm2d, MLPBlock
+
+__all__ = [
+    "ADAPTER_SLOTS",
+    "VIT_PRESETS",
+    "Attention",
+    "Block",
+    "ImageEncoderViT",
+    "PatchEmbed",
+    "window_partition",
+    "window_unpartition",
+]
+
+_COMMON = dict(patch_size=16, window_size=14, out_chans=256, mlp_ratio=4.0, qkv_bias=True, use_rel_pos=True)
+
+#: Published SAM encoder sizes (all with patch 16, window 14, neck 256, MLP ratio 4, qkv bias, rel-pos).
+VIT_PRESETS: dict[str, dict] = {
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11), **_COMMON),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23), **_COMMON),
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31), **_COMMON),
+}
+
+#: Adapter slots of :class:`Block` and their kind ("serial": output replaces the tensor; "parallel": output is
+#: multiplied by the slot's scale and added to a branch).
+ADAPTER_SLOTS: dict[str, str] = {
+    "before_block": "serial",
+    "before_attn": "serial",
+    "after_attn": "serial",
+    "parallel_attn": "parallel",
+    "before_mlp": "serial",
+    "after_mlp": "serial",
+    "parallel_mlp": "parallel",
+}
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into non-overlapping windows, zero-padding H and W up to multiples of the window.
+
+    Returns ``(windows (B * nH * nW, window, window, C), (Hp, Wp))`` with the padded grid size.
+    (MONAI's Swin ``window_partition`` neither pads nor returns the padded size, so it does not fit.)
+    """
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, window, window, C) -> (B, H, W, C)``, padding removed."""
+    hp, wp = pad_hw
+    h, w = hw
+    n_h, n_w = hp // window_size, wp // window_size
+    b = windows.shape[0] // (n_h * n_w)
+    x = windows.view(b, n_h, n_w, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :].contiguous()
+    return x
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: ``(B, in_chans, H, W) -> (B, H/patch, W/patch, embed_dim)`` (channels last)."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on a 2-D token grid with optional decomposed relative position bias.
+
+    ``forward``: ``(B, H, W, dim) -> (B, H, W, dim)``. With ``use_rel_pos`` the tables ``rel_pos_h`` and
+    ``rel_pos_w`` have shape ``(2 * input_size - 1, head_dim)`` (zero-initialised, as SAM); they are resized
+    linearly when the grid differs from ``input_size`` (MONAI's ``get_rel_pos``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("use_rel_pos=True needs input_size (the token grid the tables are sized for)")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, self.head_dim))
+
+    def rel_pos_bias(self, q: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Decomposed relative position bias ``(B, heads, H*W, H*W)`` for unscaled queries ``q (B, heads, H*W, hd)``.
+
+        bias[(i,j),(k,l)] = q_(i,j) . R_h[i-k] + q_(i,j) . R_w[j-l]. MONAI's ``add_decomposed_rel_pos`` adds this
+        to an existing attention matrix; SDPA needs the bias alone, so only ``get_rel_pos`` is reused.
+        """
+        h, w = hw
+        r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
+        r_w = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, hd)
+        b, n_heads, _, hd = q.shape
+        r_q = q.reshape(b, n_heads, h, w, hd)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h.to(q.dtype))
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w.to(q.dtype))
+        bias = bias_h[..., :, None] + bias_w[..., None, :]  # (b, n, h, w, h_k, w_k)
+        return bias.reshape(b, n_heads, h * w, h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        bias = self.rel_pos_bias(q, (h, w)) if self.use_rel_pos else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """ViT block (pre-norm attention + MLP) with windowed or global attention and adapter slots.
+
+    ``forward``: ``(B, H, W, dim) -> (B, H, W, dim)``. Window blocks (``window_size > 0``) pad the grid to a
+    multiple of the window and attend within windows (padded tokens take part, as in SAM); ``window_size=0``
+    means global attention.
+
+    Adapter slots (all see full, un-windowed ``(B, H, W, C)`` tensors; set with :meth:`set_adapter`)::
+
+        x  = before_block(x)                         # serial, at the block input (3DSAM-adapter)
+        s  = x
+        xn = before_attn(norm1(x))                   # serial, on the attention input (SAMIHS attn adapter,
+                                                     #   SAMUS cross-branch attention given its CNN features)
+        a  = after_attn(attn(xn))                    # serial, on the attention output (MSA Space_Adapter)
+        a  = a + scale * parallel_attn(xn)           # parallel to attention (e.g. MSA depth branch)
+        x  = s + a
+        xn = before_mlp(norm2(x))                    # serial, on the MLP input (SAMIHS mlp adapter)
+        m  = after_mlp(mlp(xn))                      # serial, on the MLP output
+        x  = x + m + scale * parallel_mlp(xn)        # parallel to the MLP (MSA MLP_Adapter, scale 0.5)
+
+    A serial module must include its own skip connection (e.g. ``Adapter(skip=True)``); a parallel module
+    returns only its branch (``Adapter(skip=False)``). Unused slots are skipped and add no parameters or
+    state-dict keys; used slots store parameters under ``adapters.{slot}.*``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+        norm_eps: float = 1e-6,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act_layer)
+        self.window_size = window_size
+        self.adapters = nn.ModuleDict()
+        self.adapter_scales: dict[str, float] = {}
+
+    def set_adapter(self, slot: str, module: nn.Module | None, scale: float = 1.0) -> None:
+        """Place ``module`` in ``slot`` (see the class docstring), or remove the slot's module with ``None``.
+
+        ``scale`` multiplies the output of a parallel slot; serial slots take no scale (must be 1.0).
+        """
+        if slot not in ADAPTER_SLOTS:
+            raise KeyError(f"unknown adapter slot {slot!r}; expected one of {sorted(ADAPTER_SLOTS)}")
+        if module is None:
+            if slot in self.adapters:
+                del self.adapters[slot]
+            self.adapter_scales.pop(slot, None)
+            return
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"adapter for slot {slot!r} must be an nn.Module, got {type(module).__name__}")
+        if ADAPTER_SLOTS[slot] == "serial" and scale != 1.0:
+            raise ValueError(
+                f"slot {slot!r} is serial and takes no scale (got {scale}); build the scale into the module"
+            )
+        self.adapters[slot] = module
+        self.adapter_scales[slot] = float(scale)
+
+    def get_adapter(self, slot: str) -> nn.Module | None:
+        """The module in ``slot``, or ``None``."""
+        if slot not in ADAPTER_SLOTS:
+            raise KeyError(f"unknown adapter slot {slot!r}; expected one of {sorted(ADAPTER_SLOTS)}")
+        return self.adapters[slot] if slot in self.adapters else None
+
+    def _serial(self, slot: str, x: torch.Tensor) -> torch.Tensor:
+        return self.adapters[slot](x) if slot in self.adapters else x
+
+    def _parallel(self, slot: str, x_in: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        if slot not in self.adapters:
+            return branch
+        return branch + self.adapter_scales[slot] * self.adapters[slot](x_in)
+
+    def attend(self, xn: torch.Tensor) -> torch.Tensor:
+        """Windowed (or global) attention on the normed grid ``(B, H, W, C) -> (B, H, W, C)``."""
+        if self.window_size > 0:
+            hw = (xn.shape[1], xn.shape[2])
+            windows, pad_hw = window_partition(xn, self.window_size)
+            return window_unpartition(self.attn(windows), self.window_size, pad_hw, hw)
+        return self.attn(xn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._serial("before_block", x)
+        shortcut = x
+        xn = self._serial("before_attn", self.norm1(x))
+        a = self._serial("after_attn", self.attend(xn))
+        a = self._parallel("parallel_attn", xn, a)
+        x = shortcut + a
+        xn = self._serial("before_mlp", self.norm2(x))
+        m = self._serial("after_mlp", self.mlp(xn))
+        m = self._parallel("parallel_mlp", xn, m)
+        return x + m
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM image encoder: patch embedding, absolute position embedding, ViT blocks, conv neck.
+
+    ``forward``: images ``(B, in_chans, img_size, img_size)`` (no normalisation is applied here) ->
+    embeddings ``(B, out_chans, img_size/patch, img_size/patch)``. Defaults are SAM ViT-B at 1024 px; see
+    :data:`VIT_PRESETS` for ViT-L/H. ``global_attn_indexes`` lists the blocks with global attention, all
+    others use ``window_size`` windows (``window_size=0``: all global).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+        use_abs_pos: bool = True,
+        norm_eps: float = 1e-6,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        bad = [i for i in global_attn_indexes if not 0 <= int(i) < depth]
+        if bad:
+            raise ValueError(
+                f"global_attn_indexes {tuple(global_attn_indexes)} has entries outside 0..{depth - 1}: {bad}"
+            )
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.out_chans = out_chans
+        self.global_attn_indexes = tuple(int(i) for i in global_attn_indexes)
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in self.global_attn_indexes else window_size,
+                input_size=(grid, grid),
+                norm_eps=norm_eps,
+                act_layer=act_layer,
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def set_adapters(
+        self,
+        slot: str,
+        factory: Callable[[int], nn.Module | None],
+        blocks: Iterable[int] | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        """Place ``factory(block_index)`` in ``slot`` of each listed block (default: all blocks)."""
+        for i in range(len(self.blocks)) if blocks is None else blocks:
+            self.blocks[i].set_adapter(slot, factory(i), scale=scale)
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus absolute position: ``(B, in_chans, S, S) -> (B, S/patch, S/patch, embed_dim)``."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"image encoder expects images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            if x.shape[1:3] != self.pos_embed.shape[1:3]:
+                raise ValueError(
+                    f"input of {tuple(x.shape[1:3])} tokens does not match pos_embed grid "
+                    f"{tuple(self.pos_embed.shape[1:3])}: the encoder was built for {self.img_size}x{self.img_size} "
+                    "images; resize/pad the input to that size"
+                )
+            x = x + self.pos_embed
+        return x
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indexes: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Embeddings ``(B, out_chans, He, We)`` plus the token grids ``(B, He, We, embed_dim)`` output by the
+        blocks listed in ``indexes`` (e.g. the first global block for HQ-SAM), in the order given."""
+        x = self.embed_tokens(x)
+        wanted = {int(i): None for i in indexes}
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in wanted:
+                wanted[i] = x
+        missing = [i for i, v in wanted.items() if v is None]
+        if missing:
+            raise ValueError(f"intermediate block indexes {missing} are outside 0..{len(self.blocks) - 1}")
+        return self.neck(x.permute(0, 3, 1, 2)), [wanted[int(i)] for i in indexes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))

