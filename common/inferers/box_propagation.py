@@ -58,10 +58,13 @@ class BoxPropagationInferer(Inferer):
     For each box ``[x0, y0, z0, x1, y1, z1]`` (array voxel indices, inclusive): start on the middle slice
     with the box's ``(x, y)`` extent, go up to ``z1``, then down from the middle to ``z0``; every other slice's
     prompt is the previous slice's predicted mask box plus ``box_margin`` px at network scale, or the
-    original box after an empty slice (LiteMedSAM CVPR24 protocol). ``z0 == z1`` segments one slice (a 2D box
+    original box after an empty slice (LiteMedSAM CVPR24 protocol). As in that script, the previous mask is
+    resized to network scale holding a value (its box's label there), so its box keeps pixels whose resized
+    coverage is >= 0.5 / value: ``mask_value="label"`` (default, faithful) uses ``box_values`` if given, else the
+    box's label; a number (e.g. 1) makes the rule label-independent. ``z0 == z1`` segments one slice (a 2D box
     on a given slice); 2D images are volumes with one slice.
 
-    Call: ``inferer(inputs, network, boxes, box_labels)`` with ``inputs`` ``(B, C, X, Y, Z)`` (or ``(B, C, X, Y)``)
+    Call: ``inferer(inputs, network, boxes, box_labels, box_values=None)`` with ``inputs`` ``(B, C, X, Y, Z)`` (or ``(B, C, X, Y)``)
     in [0, 255] (CT-windowed), ``boxes`` ``(B, N, 6)`` (or ``(B, N, 4)`` for 2D), ``box_labels`` ``(B, N)``.
     ``network`` provides ``encode(images)`` and ``decode(embeddings, boxes=...)`` (``common.networks.sam.Sam``).
 
@@ -76,20 +79,26 @@ class BoxPropagationInferer(Inferer):
         quantize: round resized slices to integers like the uint8 reference pipelines.
         output: ``"labels"`` or ``"channels"``.
         num_channels: channel count for ``output="channels"``.
+        mask_value: ``"label"`` or a number; see above.
     """
 
     def __init__(self, image_size: int = 256, keep_aspect_ratio: bool = True, box_margin: int = 3,
-                 quantize: bool = True, output: str = "labels", num_channels: int | None = None):
+                 quantize: bool = True, output: str = "labels", num_channels: int | None = None,
+                 mask_value: str | float = "label"):
         super().__init__()
         if output not in ("labels", "channels"):
             raise ValueError(f"output must be 'labels' or 'channels', got {output!r}")
         self.image_size, self.keep_aspect_ratio = image_size, keep_aspect_ratio
         self.box_margin, self.quantize, self.output = box_margin, quantize, output
         self.num_channels = num_channels
+        if mask_value != "label" and not isinstance(mask_value, (int, float)):
+            raise ValueError(f"mask_value must be 'label' or a number, got {mask_value!r}")
+        self.mask_value = mask_value
         self.last_encoder_calls = 0
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, network, boxes, box_labels=None, *args, **kwargs) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network, boxes, box_labels=None, box_values=None, *args,
+                 **kwargs) -> torch.Tensor:
         is_2d = inputs.ndim == 4
         volume = inputs[..., None] if is_2d else inputs
         boxes = torch.as_tensor(boxes)
@@ -101,13 +110,18 @@ class BoxPropagationInferer(Inferer):
         if box_labels is None:
             box_labels = torch.arange(1, boxes.shape[1] + 1).expand(boxes.shape[0], -1)
         box_labels = torch.as_tensor(box_labels).reshape(boxes.shape[0], -1)
-        results = [self._one_volume(volume[b], network, boxes[b], box_labels[b]) for b in range(volume.shape[0])]
+        if self.mask_value != "label":
+            box_values = torch.full(box_labels.shape, float(self.mask_value))
+        box_values = box_labels if box_values is None else torch.as_tensor(box_values).reshape(boxes.shape[0], -1)
+        results = [self._one_volume(volume[b], network, boxes[b], box_labels[b], box_values[b])
+                   for b in range(volume.shape[0])]
         out = torch.stack(results)
         out = out[..., 0] if is_2d else out
         # Carry the input's meta and transform trace, as a network output would, so Invertd can restore geometry.
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
 
-    def _one_volume(self, volume: torch.Tensor, network, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _one_volume(self, volume: torch.Tensor, network, boxes: torch.Tensor, labels: torch.Tensor,
+                    values: torch.Tensor) -> torch.Tensor:
         """``(C, X, Y, Z)`` volume -> ``(1, X, Y, Z)`` labels or ``(L, X, Y, Z)`` channels."""
         _, size_x, size_y, size_z = volume.shape
         geometry = SliceGeometry(size_y, size_x, self.image_size, self.keep_aspect_ratio, self.quantize)
@@ -124,7 +138,7 @@ class BoxPropagationInferer(Inferer):
             out = torch.zeros((channels, size_x, size_y, size_z), dtype=torch.float32, device=volume.device)
         for i, (box, plan) in enumerate(zip(boxes.tolist(), plans)):
             logger.info(f"box {i + 1}/{len(plans)} (label {int(labels[i])}): slices {box[2]}-{box[5]}")
-            mask = self._propagate(box, plan, geometry, cache, network, size_z)
+            mask = self._propagate(box, plan, geometry, cache, network, size_z, float(values[i]))
             mask = mask.to(out.device)
             if self.output == "labels":
                 out[0][mask] = int(labels[i])
@@ -133,8 +147,8 @@ class BoxPropagationInferer(Inferer):
         self.last_encoder_calls = cache.encoder_calls
         return out
 
-    def _propagate(self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network,
-                   size_z: int) -> torch.Tensor:
+    def _propagate(self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network, size_z: int,
+                   mask_value: float) -> torch.Tensor:
         """Masks of one box along its slices -> ``(X, Y, Z)`` bool."""
         original = geometry.box_to_model([box[0], box[1], box[3], box[4]])
         mid = plan[0]
@@ -143,7 +157,7 @@ class BoxPropagationInferer(Inferer):
             prompt = original
             if k != mid:
                 neighbour = k - 1 if k > mid else k + 1
-                from_mask = geometry.mask_to_model_box(result[:, :, neighbour].T, self.box_margin)
+                from_mask = geometry.mask_to_model_box(result[:, :, neighbour].T, self.box_margin, mask_value)
                 prompt = original if from_mask is None else from_mask
             embedding = cache.get(k)
             low_res, _ = network.decode(embedding, boxes=prompt.to(embedding.device)[None, None])

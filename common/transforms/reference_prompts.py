@@ -47,17 +47,19 @@ class EvaluationBoxesd(MapTransform):
 
     Writes ``box_key`` ``(N, 6)`` int64 and ``box_label_key`` ``(N,)``: the output channel of each box, where
     channel ``p * len(structures) + s + 1`` is protocol ``p``, structure ``s`` (so one inferer pass, sharing the
-    slice embeddings, serves all protocols). Structures absent from the label get no boxes.
+    slice embeddings, serves all protocols). Structures absent from the label get no boxes. Also writes
+    ``box_value_key`` ``(N,)``: the 1-based rank of the box's structure among those present, which is the value the
+    LiteMedSAM script's label map holds when propagating (see ``BoxPropagationInferer``).
 
     Raises ValueError when none of ``structures`` is present (an empty reference label).
     """
 
     def __init__(self, keys: KeysCollection, structures: Sequence[int], protocols: Sequence[str] = PROTOCOLS,
-                 box_key: str = "boxes", box_label_key: str = "box_labels"):
+                 box_key: str = "boxes", box_label_key: str = "box_labels", box_value_key: str = "box_values"):
         super().__init__(keys)
         self.structures = [int(s) for s in structures]
         self.protocols = list(protocols)
-        self.box_key, self.box_label_key = box_key, box_label_key
+        self.box_key, self.box_label_key, self.box_value_key = box_key, box_label_key, box_value_key
 
     def __call__(self, data):
         d = dict(data)
@@ -67,14 +69,18 @@ class EvaluationBoxesd(MapTransform):
             if not present:
                 raise ValueError(f"reference label '{key}' from {_source(d[key])} contains none of the structures "
                                  f"{self.structures}: cannot derive box prompts from an empty label")
-            boxes, channels = [], []
+            boxes, channels, ranks = [], [], []
             for p, protocol in enumerate(self.protocols):
                 for s, value in enumerate(self.structures):
                     found = structure_boxes(label, value, protocol)
+                    if not found:
+                        continue
                     boxes += found
                     channels += [p * len(self.structures) + s + 1] * len(found)
+                    ranks += [present.index(value) + 1] * len(found)
             d[self.box_key] = torch.as_tensor(boxes, dtype=torch.int64)
             d[self.box_label_key] = torch.as_tensor(channels, dtype=torch.int64)
+            d[self.box_value_key] = torch.as_tensor(ranks, dtype=torch.int64)
         return d
 
 

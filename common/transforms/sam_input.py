@@ -26,8 +26,8 @@ class SliceGeometry:
         height, width: slice size in pixels.
         image_size: network input size ``S`` (256 for LiteMedSAM, 1024 for MedSAM ViT-B).
         keep_aspect_ratio: LiteMedSAM rule (True) or MedSAM stretch (False).
-        quantize: round the resized slice to integers like the reference, which resizes uint8 images
-            (expects the slice in [0, 255]).
+        quantize: emulate the reference's uint8 images (expects the slice in [0, 255]): truncate the slice to
+            integers (its ``uint8(...)`` cast of the windowed volume), resize, round half up (OpenCV on uint8).
     """
 
     def __init__(self, height: int, width: int, image_size: int, keep_aspect_ratio: bool = True, quantize: bool = True):
@@ -42,6 +42,8 @@ class SliceGeometry:
     def image(self, slice_chw: torch.Tensor) -> torch.Tensor:
         """``(C, H, W)`` slice (C = 1 or 3) -> ``(3, S, S)`` network input in [0, 1]."""
         x = slice_chw.float()
+        if self.quantize:
+            x = torch.floor(x).clamp(0, 255)
         if self.keep_aspect_ratio:
             x = area_resize(x, (self.new_h, self.new_w))
         else:
@@ -72,12 +74,14 @@ class SliceGeometry:
                           align_corners=False)
         return (x > 0).reshape(*lead, self.height, self.width)
 
-    def mask_to_model_box(self, mask_hw: torch.Tensor, margin: int) -> torch.Tensor | None:
+    def mask_to_model_box(self, mask_hw: torch.Tensor, margin: int, value: float = 1.0) -> torch.Tensor | None:
         """Tight box of a slice mask at network scale, widened by ``margin`` px and clamped to [0, S].
 
-        The mask is resized like the image (area rule) and kept where coverage >= 0.5. Returns None when empty.
+        The mask, holding ``value`` on the structure, is resized like the image (area rule), rounded half up and kept
+        where non-zero: resized coverage >= 0.5 / value. The LiteMedSAM script resizes its label map, so ``value``
+        is the box's label there; ``value=1`` gives a label-independent 0.5 coverage rule. Returns None when empty.
         """
-        m = area_resize(mask_hw.float()[None], (self.new_h, self.new_w))[0] >= 0.5
+        m = torch.floor(area_resize(mask_hw.float()[None] * value, (self.new_h, self.new_w))[0] + 0.5) > 0
         nz = torch.nonzero(m)
         if nz.numel() == 0:
             return None
