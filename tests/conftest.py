@@ -36,3 +36,28 @@ def totalseg_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def litemedsam_weights(tmp_path_factory) -> Path:
+    """The bundle's converted LiteMedSAM ``models/model.pt`` (tools/setup.sh makes it), else a fresh conversion."""
+    bundled = REPO_ROOT / "bundles" / "medsam" / "models" / "model.pt"
+    if bundled.is_file():
+        return bundled
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from convert_checkpoint import litemedsam
+
+    return Path(litemedsam(str(tmp_path_factory.mktemp("weights") / "model.pt")))
+
+
+@pytest.fixture(scope="session")
+def totalseg_eval_dir(totalseg_dir, tmp_path_factory) -> Path:
+    """Both real CT cases in the evaluate.json layout (imagesTs/, labelsTs/), as symlinks."""
+    root = tmp_path_factory.mktemp("totalseg_eval")
+    (root / "imagesTs").mkdir()
+    (root / "labelsTs").mkdir()
+    (root / "imagesTs" / "ct_abdomen_3mm.nii.gz").symlink_to(totalseg_dir / "ct_abdomen_3mm.nii.gz")
+    (root / "labelsTs" / "ct_abdomen_3mm.nii.gz").symlink_to(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")
+    (root / "imagesTs" / "dicom_series").symlink_to(totalseg_dir / "dicom", target_is_directory=True)
+    (root / "labelsTs" / "dicom_series.nii.gz").symlink_to(totalseg_dir / "ct_dicom_labels.nii.gz")
+    return root
