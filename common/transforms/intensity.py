@@ -204,3 +204,21 @@ class NonZeroPercentileNormalized(MapTransform):
                 where = f" (file {source})" if source else ""
                 raise ValueError(f"NonZeroPercentileNormalized: key {key!r}{where}: {err}") from err
         return d
+
+
+def intensity_normalizer(keys: KeysCollection, window: str | Sequence[float] = "abdomen", b_min: float = 0.0,
+                         b_max: float = 255.0):
+    """One config switch for the intensity step of a bundle.
+
+    ``window`` is a CT preset name (see ``CT_WINDOWS``) or a ``(level, width)`` pair -> :class:`CTWindowd`;
+    ``"percentile"`` -> :class:`NonZeroPercentileNormalized` (MR, ultrasound and other non-CT images);
+    ``"none"`` -> min-max over the whole image (images already on a display scale, e.g. 8-bit PNG).
+    """
+    from monai.transforms import ScaleIntensityd
+
+    if isinstance(window, str) and window.lower() == "percentile":
+        return NonZeroPercentileNormalized(keys, b_min=b_min, b_max=b_max)
+    if isinstance(window, str) and window.lower() == "none":
+        return ScaleIntensityd(keys, minv=b_min, maxv=b_max)
+    window_range(window)  # validates names and pairs, listing the presets on error
+    return CTWindowd(keys, window=window, b_min=b_min, b_max=b_max)

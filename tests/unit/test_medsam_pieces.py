@@ -149,3 +149,15 @@ def test_paired_datalist(tmp_path):
         paired_datalist(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="imagesTs"):
         paired_datalist(str(tmp_path), "imagesTs", "labelsTs")
+
+
+def test_intensity_normalizer_switch():
+    from common.transforms.intensity import CTWindowd, NonZeroPercentileNormalized, intensity_normalizer
+
+    ct = intensity_normalizer("image", "abdomen")({"image": torch.tensor([[-1000.0, -160.0, 40.0, 240.0, 3000.0]])})
+    assert ct["image"].tolist() == [[0.0, 0.0, 127.5, 255.0, 255.0]]
+    assert isinstance(intensity_normalizer("image", [40, 80]), CTWindowd)
+    assert isinstance(intensity_normalizer("image", "percentile"), NonZeroPercentileNormalized)
+    assert intensity_normalizer("image", "none")({"image": torch.tensor([2.0, 4.0, 6.0])})["image"].tolist() == [0, 127.5, 255]
+    with pytest.raises(ValueError, match="abdomen"):
+        intensity_normalizer("image", "lung_window")
