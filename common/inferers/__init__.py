@@ -1,3 +1,4 @@
 from .box_propagation import BoxPropagationInferer, SliceEmbeddingCache, propagation_order
+from .chunked import BatchChunkInferer
 
-__all__ = ["BoxPropagationInferer", "SliceEmbeddingCache", "propagation_order"]
+__all__ = ["BatchChunkInferer", "BoxPropagationInferer", "SliceEmbeddingCache", "propagation_order"]

@@ -19,6 +19,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_dice, compute_surface_dice
 
+from common.transforms.io import output_stem
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,7 +51,8 @@ class StructureMetricsReport:
     """Ignite handler: collect per-structure Dice/NSD for each case and write ``<output_dir>/<name>.csv|.json``.
 
     Expects decollated outputs with ``pred`` ``(P * S, X, Y, Z)`` (protocol-major channels, see
-    ``EvaluationBoxesd``) and ``label`` ``(S, X, Y, Z)`` carrying meta (``filename_or_obj``, ``affine``).
+    ``EvaluationBoxesd``) and ``label`` ``(S, X, Y, Z)`` carrying its ``affine``; cases are named after the image
+    file (or DICOM folder) without suffix.
 
     Args:
         output_dir: folder for the report files.
@@ -94,8 +97,8 @@ class StructureMetricsReport:
     def collect(self, engine: Engine) -> None:
         for item in engine.state.output:
             label = item["label"]
-            meta = getattr(label, "meta", {})
-            case = os.path.basename(str(meta.get("filename_or_obj", f"case_{len(self.rows)}")).rstrip("/"))
+            source = getattr(item.get("image", label), "meta", {}).get("filename_or_obj", f"case_{len(self.rows)}")
+            case = output_stem(source)
             spacing = voxel_spacing(getattr(label, "affine", np.eye(4)))
             for row in self.add_case(case, item["pred"].detach().cpu(), label.detach().cpu(), spacing):
                 logger.info(f"{row['case']} {row['protocol']:>11} {row['structure']:>14}: "

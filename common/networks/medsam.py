@@ -112,7 +112,16 @@ class CachedEncoderSam(Sam):
                  max_cached: int | None = None):
         super().__init__(image_encoder, prompt_encoder, mask_decoder)
         decoder_only(self)
+        self.image_encoder.eval()
         self.embedding_cache = EmbeddingCache(super().encode, max_items=max_cached)
+
+    def train(self, mode: bool = True) -> "CachedEncoderSam":
+        """Only the decoder follows ``mode``; the frozen encoder stays in eval mode, otherwise its BatchNorm layers
+        (TinyViT) would normalise with the statistics of whatever batch is being cached and update their running
+        statistics, changing the "frozen" encoder."""
+        super().train(mode)
+        self.image_encoder.eval()
+        return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.embedding_cache(images)

@@ -29,14 +29,15 @@ def validate_boxes(boxes, spatial_shape: Sequence[int], source: str = "image", k
 
     Args:
         boxes: one box or a list of boxes: ``[x0, y0, x1, y1]`` or ``[x0, y0, z0, x1, y1, z1]``,
-            inclusive voxel indices. A 2D box on a volume with a single slice is accepted as slice 0.
+            inclusive voxel indices. A single-slice volume ``(X, Y, 1)`` (e.g. one DICOM file) counts as a 2D image:
+            its 2D boxes are accepted as slice 0 and 3D boxes are rejected, as on a true 2D image.
         spatial_shape: the image's spatial shape as stored on disk, e.g. ``(X, Y, Z)``.
         source: file name used in error messages.
         key: name of the prompt key used in error messages.
 
     Raises:
         ValueError: wrong length, non-integer or non-finite values, inverted boxes, boxes outside the image,
-            or 3D boxes on a 2D image.
+            or 3D boxes on a 2D (or single-slice) image.
     """
     spatial_shape = [int(s) for s in spatial_shape]
     ndim = len(spatial_shape)
@@ -54,7 +55,7 @@ def validate_boxes(boxes, spatial_shape: Sequence[int], source: str = "image", k
                 f"{tuple(spatial_shape)}; give [x0, y0, z0, x1, y1, z1] (z0 == z1 selects one slice)."
             )
         arr = np.concatenate([arr[:, :2], np.zeros((len(arr), 1)), arr[:, 2:], np.zeros((len(arr), 1))], axis=1)
-    elif width == 6 and ndim == 2:
+    elif width == 6 and is_2d_image:
         raise ValueError(
             f"'{key}' for {source}: the image is 2D (shape {tuple(spatial_shape)}) but a 3D box "
             "[x0, y0, z0, x1, y1, z1] was given; a volume is required for 3D boxes, use [x0, y0, x1, y1]."

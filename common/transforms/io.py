@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
 from monai.transforms import MapTransform
 
 _UMASK = os.umask(0)
@@ -54,7 +55,10 @@ class AtomicSaveImaged(MapTransform):
             os.makedirs(self.output_dir, exist_ok=True)
             final = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}{self.output_ext}")
             array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0].astype(self.output_dtype)
-            nifti = nib.Nifti1Image(array, np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64))
+            affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+            if affine.shape != (4, 4):  # a 2D image has a 3 x 3 affine; NIfTI needs 4 x 4
+                affine = to_affine_nd(3, affine)
+            nifti = nib.Nifti1Image(array, affine)
             fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=self.output_ext, dir=self.output_dir)
             os.close(fd)
             os.chmod(tmp, 0o666 & ~_UMASK)

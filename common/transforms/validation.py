@@ -25,8 +25,29 @@ class CheckInputPathsd(MapTransform):
         return d
 
 
+def _nifti_nonfinite_count(path) -> int:
+    """Non-finite voxels of a floating-point NIfTI file as stored on disk (0 for integer files, read from the header).
+
+    ITK < 6 turns every NaN/Inf of a NIfTI file into 0 while reading (``nifti_read_buffer``; fixed by ITK PR #6683),
+    so after ``LoadImaged(reader="ITKReader")`` they can no longer be seen; nibabel reads them as stored.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        image = nib.load(str(path))
+    except Exception:  # a file only ITK can parse: nothing more to check
+        return 0
+    if not np.issubdtype(image.get_data_dtype(), np.inexact):
+        return 0
+    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+
+
 class CheckFinited(MapTransform):
-    """Raise ValueError when an image under ``keys`` contains NaN or infinite voxels."""
+    """Raise ValueError when an image under ``keys`` contains NaN or infinite voxels.
+
+    For NIfTI sources the file itself is checked too, since ITK's reader silently zeroes non-finite voxels.
+    """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -36,8 +57,10 @@ class CheckFinited(MapTransform):
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key])
             bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+            source = getattr(d[key], "meta", {}).get("filename_or_obj", "<in-memory image>")
+            if not bad and str(source).lower().endswith((".nii", ".nii.gz")) and os.path.isfile(str(source)):
+                bad = _nifti_nonfinite_count(source)
             if bad:
-                source = getattr(d[key], "meta", {}).get("filename_or_obj", "<in-memory image>")
                 raise ValueError(f"'{key}' from {source} has {bad} NaN/infinite voxels; fix or mask them before inference")
         return d
 

@@ -1,0 +1,167 @@
+"""medsam bundle training through ``ConfigWorkflow`` (train.json, train_decoder_only.json) and torchrun
+(multi_gpu_train.json, gloo on CPU), with tiny overrides on the real 3 mm CT volume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from common.networks.medsam import build_lite_medsam
+
+TINY = {"epochs": 1, "slices_per_volume": 2, "batch_size": 2, "val_slices_per_structure": 1, "num_workers": 0,
+        "cache_rate": 0.0}
+ORGANS = [1, 2, 3, 5, 6, 7]
+
+
+@pytest.fixture(scope="module")
+def pretrained(repo_root) -> Path:
+    path = repo_root / "bundles" / "medsam" / "models" / "model.pt"
+    if not path.is_file():
+        message = f"LiteMedSAM weights missing at {path}: run python tools/convert_checkpoint.py litemedsam {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def configs(repo_root) -> Path:
+    return repo_root / "bundles" / "medsam" / "configs"
+
+
+@pytest.fixture(scope="module")
+def train_dataset(tmp_path_factory, totalseg_dir) -> Path:
+    """imagesTr/labelsTr with two cases, links to the 3 mm volume and its labels: case_a trains, case_b validates.
+
+    The validation case keeps only the six organs of evaluate.json (spleen, kidneys, liver, stomach, pancreas), so
+    validation takes 6 slices instead of one per each of the 41 TotalSegmentator classes in the volume.
+    """
+    root = tmp_path_factory.mktemp("medsam_train_data")
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir()
+    for case in ("case_a", "case_b"):
+        (root / "imagesTr" / f"{case}.nii.gz").symlink_to(totalseg_dir / "ct_abdomen_3mm.nii.gz")
+    (root / "labelsTr" / "case_a.nii.gz").symlink_to(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")
+    label = nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz"))
+    organs = np.asarray(label.dataobj).astype(np.uint8)
+    organs[~np.isin(organs, ORGANS)] = 0
+    nib.save(nib.Nifti1Image(organs, label.affine), str(root / "labelsTr" / "case_b.nii.gz"))
+    return root
+
+
+def train_workflow(configs: Path, files, **override) -> ConfigWorkflow:
+    return ConfigWorkflow(config_file=[str(configs / f) for f in files], workflow_type="train", logging_file=False,
+                          **override)
+
+
+def checked_properties(wf: ConfigWorkflow):
+    try:
+        return wf.check_properties()
+    except KeyError as err:  # monai 1.6.1 raises instead of listing a missing required id
+        pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
+
+
+def load_checkpoint(path: Path):
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    net = build_lite_medsam()
+    net.load_state_dict(state, strict=True)
+    return state
+
+
+def test_train(configs, train_dataset, pretrained, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    wf = train_workflow(configs, ["train.json"], dataset_dir=str(train_dataset), ckpt_dir=str(ckpt_dir),
+                        output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(pretrained), **TINY)
+    wf.initialize()
+    assert checked_properties(wf) == []
+    wf.run()
+    wf.finalize()
+
+    trainer, evaluator = wf.trainer, wf.evaluator
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 1  # 1 training volume x 2 slices / batch 2
+    output = trainer.state.output  # decollated: one dict per sample
+    assert math.isfinite(float((output[0] if isinstance(output, list) else output)["loss"]))
+    val_dice = evaluator.state.metrics["val_mean_dice"]
+    assert math.isfinite(val_dice) and 0.0 < val_dice <= 1.0
+    assert evaluator.state.best_metric == val_dice and evaluator.state.best_metric_epoch == 1
+
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]
+    saved = load_checkpoint(ckpt_dir / "model.pt")
+    start = torch.load(str(pretrained), map_location="cpu", weights_only=True)
+    assert any(not torch.equal(saved[k], start[k]) for k in start), "one training step changed no weight"
+
+
+def test_train_decoder_only(configs, train_dataset, pretrained, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    wf = train_workflow(configs, ["train.json", "train_decoder_only.json"], dataset_dir=str(train_dataset),
+                        ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"), load_pretrain=True,
+                        pretrained_path=str(pretrained), **{**TINY, "epochs": 2})
+    wf.initialize()
+    assert checked_properties(wf) == []
+    net = wf.parser.get_parsed_content("network")
+    cache = net.embedding_cache
+    counts = []  # (hits, misses) after each epoch, validation included (ValidationHandler is attached first)
+    wf.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: counts.append((cache.hits, cache.misses)))
+    wf.run()
+    wf.finalize()
+
+    assert len(counts) == 2
+    (hits1, misses1), (hits2, misses2) = counts
+    assert misses1 > 0
+    # Epoch 2 validates the same slices again: their embeddings come from the cache; only new training slices
+    # (at most slices_per_volume) can miss.
+    assert hits2 - hits1 >= 1 and misses2 - misses1 <= TINY["slices_per_volume"]
+    assert hits2 - hits1 >= misses1 - TINY["slices_per_volume"]
+
+    saved = load_checkpoint(ckpt_dir / "model.pt")
+    start = torch.load(str(pretrained), map_location="cpu", weights_only=True)
+    for name in start:
+        if name.startswith(("image_encoder.", "prompt_encoder.")):
+            assert torch.equal(saved[name], start[name]), f"{name} changed in decoder-only training"
+    assert any(not torch.equal(saved[k], start[k]) for k in start if k.startswith("mask_decoder."))
+    assert all(not p.requires_grad for p in net.image_encoder.parameters())
+    assert all(not p.requires_grad for p in net.prompt_encoder.parameters())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_gpu_train_torchrun_gloo(configs, repo_root, train_dataset, pretrained, tmp_path):
+    """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
+    ckpt_dir = tmp_path / "ckpt"
+    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+    overrides = {**TINY, "dataset_dir": train_dataset, "ckpt_dir": ckpt_dir, "output_dir": tmp_path / "runs",
+                 "load_pretrain": True, "pretrained_path": pretrained}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--local_addr", "127.0.0.1",
+               "-m", "monai.bundle", "run", "--config_file", files, "--logging_file", "False"]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(command, cwd=str(repo_root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, which this test started
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within 300 s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-6000:]
+    assert "val_mean_dice" in output
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]
+    load_checkpoint(ckpt_dir / "model.pt")
