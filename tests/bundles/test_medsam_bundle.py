@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -99,22 +98,6 @@ def expect_failure(wf_factory, out_dir: Path, *fragments: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def configs(repo_root) -> Path:
-    return repo_root / "bundles" / "medsam" / "configs"
-
-
-@pytest.fixture(scope="module")
-def weights(repo_root) -> Path:
-    path = repo_root / "bundles" / "medsam" / "models" / "model.pt"
-    if not path.is_file():
-        message = f"LiteMedSAM weights missing at {path}: run python tools/convert_checkpoint.py litemedsam {path}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ct3(totalseg_dir):
     """The 3 mm volume (RAS on disk) and its label map, as nibabel reads them (file voxel order)."""

@@ -26,22 +26,6 @@ ORGANS = [1, 2, 3, 5, 6, 7]
 
 
 @pytest.fixture(scope="module")
-def pretrained(repo_root) -> Path:
-    path = repo_root / "bundles" / "medsam" / "models" / "model.pt"
-    if not path.is_file():
-        message = f"LiteMedSAM weights missing at {path}: run python tools/convert_checkpoint.py litemedsam {path}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="module")
-def configs(repo_root) -> Path:
-    return repo_root / "bundles" / "medsam" / "configs"
-
-
-@pytest.fixture(scope="module")
 def train_dataset(tmp_path_factory, totalseg_dir) -> Path:
     """imagesTr/labelsTr with two cases, links to the 3 mm volume and its labels: case_a trains, case_b validates.
 
@@ -80,10 +64,10 @@ def load_checkpoint(path: Path):
     return state
 
 
-def test_train(configs, train_dataset, pretrained, tmp_path):
+def test_train(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     wf = train_workflow(configs, ["train.json"], dataset_dir=str(train_dataset), ckpt_dir=str(ckpt_dir),
-                        output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(pretrained), **TINY)
+                        output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(weights), **TINY)
     wf.initialize()
     assert checked_properties(wf) == []
     wf.run()
@@ -99,15 +83,15 @@ def test_train(configs, train_dataset, pretrained, tmp_path):
 
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]
     saved = load_checkpoint(ckpt_dir / "model.pt")
-    start = torch.load(str(pretrained), map_location="cpu", weights_only=True)
+    start = torch.load(str(weights), map_location="cpu", weights_only=True)
     assert any(not torch.equal(saved[k], start[k]) for k in start), "one training step changed no weight"
 
 
-def test_train_decoder_only(configs, train_dataset, pretrained, tmp_path):
+def test_train_decoder_only(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     wf = train_workflow(configs, ["train.json", "train_decoder_only.json"], dataset_dir=str(train_dataset),
                         ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"), load_pretrain=True,
-                        pretrained_path=str(pretrained), **{**TINY, "epochs": 2})
+                        pretrained_path=str(weights), **{**TINY, "epochs": 2})
     wf.initialize()
     assert checked_properties(wf) == []
     net = wf.parser.get_parsed_content("network")
@@ -126,7 +110,7 @@ def test_train_decoder_only(configs, train_dataset, pretrained, tmp_path):
     assert hits2 - hits1 >= misses1 - TINY["slices_per_volume"]
 
     saved = load_checkpoint(ckpt_dir / "model.pt")
-    start = torch.load(str(pretrained), map_location="cpu", weights_only=True)
+    start = torch.load(str(weights), map_location="cpu", weights_only=True)
     for name in start:
         if name.startswith(("image_encoder.", "prompt_encoder.")):
             assert torch.equal(saved[name], start[name]), f"{name} changed in decoder-only training"
@@ -141,12 +125,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_multi_gpu_train_torchrun_gloo(configs, repo_root, train_dataset, pretrained, tmp_path):
+def test_multi_gpu_train_torchrun_gloo(configs, repo_root, train_dataset, weights, tmp_path):
     """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
     ckpt_dir = tmp_path / "ckpt"
     files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
     overrides = {**TINY, "dataset_dir": train_dataset, "ckpt_dir": ckpt_dir, "output_dir": tmp_path / "runs",
-                 "load_pretrain": True, "pretrained_path": pretrained}
+                 "load_pretrain": True, "pretrained_path": weights}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--local_addr", "127.0.0.1",
                "-m", "monai.bundle", "run", "--config_file", files, "--logging_file", "False"]
