@@ -56,15 +56,17 @@ class ReferenceLiteMedSAM:
         img = _resize_longest_side(np.repeat(slice_uint8[:, :, None], 3, axis=-1))
         new_h, new_w = img.shape[:2]
         img = (img - img.min()) / np.clip(img.max() - img.min(), a_min=1e-8, a_max=None)
-        tensor = torch.tensor(_pad(img)).float().permute(2, 0, 1)[None]
+        device = next(self.model.parameters()).device  # the published script moves its inputs to the model's device
+        tensor = torch.tensor(_pad(img)).float().permute(2, 0, 1)[None].to(device)
         embedding = self.model.image_encoder(tensor)
         self.encoder_calls += 1
-        sparse, dense = self.model.prompt_encoder(points=None, boxes=torch.as_tensor(box_256)[None, None], masks=None)
+        boxes = torch.as_tensor(box_256, dtype=torch.float32, device=device)[None, None]
+        sparse, dense = self.model.prompt_encoder(points=None, boxes=boxes, masks=None)
         low_res, _ = self.model.mask_decoder(image_embeddings=embedding, image_pe=self.model.prompt_encoder.get_dense_pe(),
                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                              multimask_output=False)
         low_res = F.interpolate(low_res[:, :, :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False)
-        return (torch.sigmoid(low_res)[0, 0] > 0.5).numpy()
+        return (torch.sigmoid(low_res)[0, 0] > 0.5).cpu().numpy()
 
     def segment_2d_boxes(self, volume_zyx: np.ndarray, boxes, labels) -> np.ndarray:
         """Protocol A: ``boxes`` ``[x0, y0, z, x1, y1, z]`` each on its slice; later boxes overwrite."""

