@@ -64,8 +64,8 @@ class BoxPropagationInferer(Inferer):
     box's label; a number (e.g. 1) makes the rule label-independent. ``z0 == z1`` segments one slice (a 2D box
     on a given slice); 2D images are volumes with one slice.
 
-    Call: ``inferer(inputs, network, boxes, box_labels, box_values=None)`` with ``inputs`` ``(B, C, X, Y, Z)`` (or ``(B, C, X, Y)``)
-    in [0, 255] (CT-windowed), ``boxes`` ``(B, N, 6)`` (or ``(B, N, 4)`` for 2D), ``box_labels`` ``(B, N)``.
+    Call: ``inferer(inputs, network, boxes, box_labels, box_values=None)`` with ``inputs`` ``(B, C, X, Y, Z)``
+    (or ``(B, C, X, Y)``) in [0, 255] (CT-windowed), ``boxes`` ``(B, N, 6)`` (or ``(B, N, 4)`` for 2D), ``box_labels`` ``(B, N)``.
     ``network`` provides ``encode(images)`` and ``decode(embeddings, boxes=...)`` (``common.networks.sam.Sam``).
 
     Returns ``(B, 1, X, Y[, Z])`` int64 label map (later boxes overwrite earlier ones), or with
@@ -76,7 +76,7 @@ class BoxPropagationInferer(Inferer):
         image_size: network input size (256 LiteMedSAM, 1024 MedSAM).
         keep_aspect_ratio: LiteMedSAM's resize-longest-side-and-pad (True) or MedSAM's stretch (False).
         box_margin: pixels added around the previous slice's mask box, at network scale.
-        quantize: round resized slices to integers like the uint8 reference pipelines.
+        quantize: emulate the reference's uint8 images (truncate the windowed slice, round after resizing).
         output: ``"labels"`` or ``"channels"``.
         num_channels: channel count for ``output="channels"``.
         mask_value: ``"label"`` or a number; see above.
