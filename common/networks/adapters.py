@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "Conv3dAdapter"]
 
 
 class Adapter(nn.Module):
@@ -43,3 +43,25 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc2(self.act(self.fc1(x)))
         return x + y if self.skip else y
+
+
+class Conv3dAdapter(nn.Module):
+    """3DSAM-adapter's block adapter: ``x + relu(linear2(relu(conv(relu(linear1(x))))))``.
+
+    ``(B, H, W, D, dim) -> (B, H, W, D, dim)`` on a channels-last 3-D token grid; ``conv`` is a depthwise
+    ``kernel_size``-cubed Conv3d (padding keeps the grid) that mixes neighbouring tokens in the bottleneck.
+    Default init everywhere (no zero init: the adapter is not the identity at step 0, and the final ReLU means it
+    only adds non-negative values, as published). ViT-B with ``mid_dim=384``: 601,728 parameters.
+    """
+
+    def __init__(self, dim: int, mid_dim: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__()
+        mid_dim = dim // 2 if mid_dim is None else mid_dim
+        self.linear1 = nn.Linear(dim, mid_dim)
+        self.conv = nn.Conv3d(mid_dim, mid_dim, kernel_size, padding=kernel_size // 2, groups=mid_dim)
+        self.linear2 = nn.Linear(mid_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.linear1(x)).permute(0, 4, 1, 2, 3)
+        h = torch.relu(self.conv(h)).permute(0, 2, 3, 4, 1)
+        return x + torch.relu(self.linear2(h))
