@@ -31,12 +31,17 @@ def voxel_spacing(affine) -> list[float]:
     return np.linalg.norm(a[:n, :n], axis=0).tolist()
 
 
-def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[float], tolerance_mm: float = 2.0):
-    """Dice and NSD per channel of binary ``(C, X, Y, Z)`` masks -> two lists of C floats (NaN if the target is empty)."""
+def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[float], tolerance_mm: float = 2.0,
+                     use_subvoxels: bool = False):
+    """Dice and NSD per channel of binary ``(C, X, Y, Z)`` masks -> two lists of C floats (NaN if the target is empty).
+
+    ``use_subvoxels=True`` weights surface elements by area as DeepMind's ``surface-distance`` package does (used by
+    the 3DSAM-adapter paper); ``False`` counts boundary voxels (MONAI's default, as the LiteMedSAM challenge).
+    """
     p, t = pred[None].float(), target[None].float()
     dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0]
     nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * t.shape[1], include_background=True,
-                               spacing=list(spacing))[0]
+                               spacing=list(spacing), use_subvoxels=use_subvoxels)[0]
     return dice.tolist(), nsd.tolist()
 
 
@@ -60,16 +65,17 @@ class StructureMetricsReport:
         structure_names: display names (defaults to the values).
         protocols: protocol names, in channel-block order.
         tolerance_mm: NSD tolerance (2 mm, as the LiteMedSAM challenge).
+        use_subvoxels: NSD over surface areas (see :func:`structure_scores`).
         name: file stem of the report.
     """
 
     def __init__(self, output_dir: str, structures: Sequence[int], structure_names: Sequence[str] | None = None,
                  protocols: Sequence[str] = ("slices", "propagation"), tolerance_mm: float = 2.0,
-                 name: str = "metrics"):
+                 use_subvoxels: bool = False, name: str = "metrics"):
         self.output_dir, self.name = output_dir, name
         self.structures = [int(s) for s in structures]
         self.names = list(structure_names) if structure_names else [str(s) for s in self.structures]
-        self.protocols, self.tolerance_mm = list(protocols), tolerance_mm
+        self.protocols, self.tolerance_mm, self.use_subvoxels = list(protocols), tolerance_mm, use_subvoxels
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -85,7 +91,8 @@ class StructureMetricsReport:
         n = len(self.structures)
         rows = []
         for p, protocol in enumerate(self.protocols):
-            dice, nsd = structure_scores(pred[p * n:(p + 1) * n], label, spacing, self.tolerance_mm)
+            dice, nsd = structure_scores(pred[p * n:(p + 1) * n], label, spacing, self.tolerance_mm,
+                                         self.use_subvoxels)
             for s, value in enumerate(self.structures):
                 if math.isnan(dice[s]):
                     continue

@@ -157,3 +157,62 @@ def orientationd(keys: KeysCollection, axcodes: str | None):
     if axcodes is None or str(axcodes).lower() in ("", "none"):
         return Identityd(keys)
     return Orientationd(keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+
+
+def validate_points(points, spatial_shape: Sequence[int], source: str = "image", key: str = "points") -> np.ndarray:
+    """Check user points ``[[x, y, z], ...]`` (voxel indices, may be fractional) against an image of
+    ``spatial_shape`` and return them as an ``(N, ndim)`` float64 array.
+
+    Raises:
+        ValueError: no points, wrong number of coordinates, non-finite values, or a point outside the image.
+    """
+    spatial_shape = [int(s) for s in spatial_shape]
+    ndim = len(spatial_shape)
+    arr = np.asarray(points.cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != ndim:
+        raise ValueError(f"'{key}' for {source}: expected a list of [x, y, z] voxel indices for an image of shape "
+                         f"{tuple(spatial_shape)}, got shape {tuple(arr.shape)}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"'{key}' for {source}: points must be finite, got {arr.tolist()}.")
+    outside = [i for i, p in enumerate(arr) if np.any(p < 0) or np.any(p > np.asarray(spatial_shape) - 1)]
+    if outside:
+        i = outside[0]
+        raise ValueError(f"'{key}' for {source}: point #{i} {arr[i].tolist()} lies outside the image, whose voxel "
+                         f"indices run from 0 to {[s - 1 for s in spatial_shape]} ({len(outside)} point(s) outside).")
+    return arr
+
+
+class FilePointsToArrayd(MapTransform):
+    """Validate points given in file voxel indices and map them into the current array of ``ref_key``.
+
+    Place it after the spatial transforms that change the grid (orientation, resampling); like
+    :class:`FileBoxesToArrayd` it maps through ``meta["original_affine"]`` (load time) and the current ``affine``,
+    here without rounding: a point keeps its world position, so resampling 3 mm -> 1 mm sends index 10 to 31.
+    Writes float32 ``(N, ndim)``. Without ``original_affine`` (in-memory arrays) the points are only validated.
+    """
+
+    def __init__(self, keys: KeysCollection = "points", ref_key: str = "image"):
+        super().__init__(keys)
+        self.ref_key = ref_key
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d[self.ref_key]
+        source = _source_name(image)
+        meta = image.meta if isinstance(image, MetaTensor) else {}
+        current_shape = list(image.shape[1:])
+        file_shape = [int(s) for s in np.asarray(meta.get("spatial_shape", current_shape)).tolist()]
+        for key in self.key_iterator(d):
+            if d[key] is None:
+                raise ValueError(f"'{key}' for {source}: no points were given.")
+            points = validate_points(d[key], file_shape, source=source, key=key)
+            if "original_affine" in meta and isinstance(image, MetaTensor):
+                src = np.asarray(meta["original_affine"], dtype=np.float64)
+                dst = np.asarray(image.affine, dtype=np.float64)
+                to_dst = np.linalg.inv(dst) @ src
+                points = (to_dst[:-1, :-1] @ points.T).T + to_dst[:-1, -1]
+                points = np.clip(points, 0, np.asarray(current_shape) - 1)  # float rounding at the borders
+            d[key] = torch.as_tensor(points, dtype=torch.float32)
+        return d

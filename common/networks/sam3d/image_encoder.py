@@ -69,10 +69,12 @@ class Attention3d(nn.Module):
 
     ``forward(x (B * nW, w, w, w, dim), mask (nW, w**3, w**3) or None) -> same shape as x``. The tables
     ``rel_pos_h/w/d`` have ``2 * table_size - 1`` rows (SAM's sizes, so SAM's tables load) and are resized
-    linearly to ``2w - 1`` rows on every forward; the bias is scaled by the (frozen) scalar ``lr``.
+    linearly to ``2w - 1`` rows on every forward; the bias is scaled by the (frozen) scalar ``lr``. Without
+    autograd, windows are processed ``inference_chunk`` at a time (the bias is ``heads * N * N`` floats a window).
     """
 
-    def __init__(self, dim: int, num_heads: int, table_size: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, table_size: int, qkv_bias: bool = True,
+                 inference_chunk: int = 8) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
@@ -85,6 +87,7 @@ class Attention3d(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(rows, self.head_dim))
         self.rel_pos_d = nn.Parameter(torch.zeros(rows, self.head_dim))
         self.lr = nn.Parameter(torch.tensor(1.0))
+        self.inference_chunk = inference_chunk
 
     def rel_pos_bias(self, q: torch.Tensor, window: int) -> torch.Tensor:
         """``q (Bw, heads, w**3, hd)`` (unscaled) -> bias ``(Bw, heads, w**3, w**3)``:
@@ -98,18 +101,27 @@ class Attention3d(nn.Module):
         bias = b_h[..., :, None, None] + b_w[..., None, :, None] + b_d[..., None, None, :]
         return bias.reshape(bw, n_heads, window**3, window**3)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of windows ``x (Bw, w, w, w, dim)`` with their shift ``mask (Bw, N, N)`` or ``None``."""
         bw, w = x.shape[0], x.shape[1]
         n = w**3
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self.lr * self.rel_pos_bias(q, w)
         if mask is not None:
-            n_windows = mask.shape[0]
-            bias = bias.view(bw // n_windows, n_windows, self.num_heads, n, n) + mask[None, :, None].to(bias.dtype)
-            bias = bias.view(bw, self.num_heads, n, n)
+            bias = bias + mask[:, None].to(bias.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n_windows = x.shape[0] if mask is None else mask.shape[0]
+        masks = None if mask is None else mask.repeat(x.shape[0] // n_windows, 1, 1)
+        if torch.is_grad_enabled() or x.shape[0] <= self.inference_chunk:
+            return self.attend(x, masks)
+        # Without autograd, windows in chunks bound the (windows, heads, N, N) bias: same result, less memory.
+        return torch.cat([self.attend(x[i:i + self.inference_chunk],
+                                      None if masks is None else masks[i:i + self.inference_chunk])
+                          for i in range(0, x.shape[0], self.inference_chunk)])
 
 
 class Block3d(nn.Module):
