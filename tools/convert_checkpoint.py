@@ -3,6 +3,7 @@
 Usage:
     python tools/convert_checkpoint.py litemedsam bundles/medsam/models/model.pt [--source lite_medsam.pth]
     python tools/convert_checkpoint.py medsam medsam_vit_b.pth bundles/medsam/models/medsam_vit_b.pt
+    python tools/convert_checkpoint.py sam3d_published last.pth.tar bundles/3dsam_pancreas/models/model.pt [--automatic]
 
 Each conversion loads the source with ``weights_only=True`` (unwrapping ``{"model": ...}`` training checkpoints
 and ``module.`` prefixes), checks it loads into the project's network with ``strict=True``, and writes the
@@ -20,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.networks import medsam  # noqa: E402
+from common.networks import medsam, sam3d_adapter  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 
 
@@ -54,5 +55,18 @@ def medsam_vit_b(source: str, out: str) -> str:
     return _save(model, out)
 
 
+def sam3d_published(source: str, out: str, automatic: bool = False, **sizes) -> str:
+    """The 3DSAM-adapter authors' training checkpoint (``last.pth.tar``/``best.pth.tar``) -> ``out``.
+
+    ``automatic``: a checkpoint of the prompt-free variant (``train_auto.py``: 256^3 crops, no prompt encoder).
+    ``sizes``: other ``build_sam3d_adapter`` arguments (defaults: the published sizes).
+    """
+    if automatic:
+        sizes = {**dict(roi_size=256, upsample=2, promptable=False), **sizes}
+    model = sam3d_adapter.build_sam3d_adapter(**sizes)
+    load_checkpoint(model, sam3d_adapter.published_state_dict(source), strict=True)
+    return _save(model, out)
+
+
 if __name__ == "__main__":
-    fire.Fire({"litemedsam": litemedsam, "medsam": medsam_vit_b})
+    fire.Fire({"litemedsam": litemedsam, "medsam": medsam_vit_b, "sam3d_published": sam3d_published})

@@ -4,6 +4,8 @@ attention, axis conventions, module identities from the spec (3dsam_msa.md A15),
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ from common.networks.sam3d_adapter import (
     published_state_dict,
     trainable_parameter_counts,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
 
@@ -271,3 +275,11 @@ def test_published_checkpoint_format_loads_strictly(tmp_path):
         assert torch.equal(target(image, points), source(image, points))
     with pytest.raises(CheckpointError, match="encoder_dict"):
         published_state_dict({"model": {}})
+
+    # the conversion tool writes a plain state dict that the bundle's CheckpointLoader can load strictly
+    from convert_checkpoint import sam3d_published
+
+    out = sam3d_published(str(path), str(tmp_path / "models" / "model.pt"), **TINY_SIZES)
+    converted = torch.load(out, weights_only=True)
+    assert converted.keys() == target.state_dict().keys()
+    assert all(torch.equal(converted[k], v) for k, v in target.state_dict().items())
