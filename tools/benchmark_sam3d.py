@@ -52,7 +52,7 @@ def _patch(volume: str | None, label: str | None, label_value: int, seed: int) -
                     ScaleIntensityRanged("image", -39.0, 204.0, -39.0, 204.0, clip=True),
                     NormalizeIntensityd("image", subtrahend=68.45214, divisor=63.422806)])
     d = load({"image": volume, "label": label})
-    voxels = torch.nonzero(d["label"][0] == label_value).float()
+    voxels = torch.nonzero(d["label"][0].as_tensor() == label_value).float()
     if len(voxels) == 0:
         raise ValueError(f"label value {label_value} does not occur in {label}")
     points = voxels[torch.randint(0, len(voxels), (10,), generator=gen)]

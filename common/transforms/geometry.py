@@ -24,6 +24,21 @@ def _source_name(image) -> str:
     return str(meta.get("filename_or_obj", "<in-memory image>"))
 
 
+def _file_and_array_grids(image):
+    """``(source, file_shape, current_shape, file_affine, current_affine)`` of a loaded image; the affines are
+    ``(ndim + 1, ndim + 1)`` arrays, or ``None`` for in-memory arrays without ``meta["original_affine"]``."""
+    source = _source_name(image)
+    meta = image.meta if isinstance(image, MetaTensor) else {}
+    current_shape = list(image.shape[1:])
+    file_shape = [int(s) for s in np.asarray(meta.get("spatial_shape", current_shape)).tolist()]
+    if "original_affine" not in meta:
+        return source, file_shape, current_shape, None, None
+    ndim = len(current_shape)
+    src = np.asarray(meta["original_affine"], dtype=np.float64)[: ndim + 1, : ndim + 1]
+    dst = np.asarray(image.affine, dtype=np.float64)[: ndim + 1, : ndim + 1]
+    return source, file_shape, current_shape, src, dst
+
+
 def validate_boxes(boxes, spatial_shape: Sequence[int], source: str = "image", key: str = "boxes") -> np.ndarray:
     """Check user boxes against an image and return them as an ``(N, 2 * ndim)`` int64 array.
 
@@ -119,21 +134,13 @@ class FileBoxesToArrayd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        image = d[self.ref_key]
-        source = _source_name(image)
-        meta = image.meta if isinstance(image, MetaTensor) else {}
-        current_shape = list(image.shape[1:])
-        file_shape = [int(s) for s in np.asarray(meta.get("spatial_shape", current_shape)).tolist()]
+        source, file_shape, current_shape, src, dst = _file_and_array_grids(d[self.ref_key])
         for key in self.key_iterator(d):
             if d[key] is None:
                 raise ValueError(f"'{key}' for {source}: no boxes were given.")
             boxes = validate_boxes(d[key], file_shape, source=source, key=key)
-            if "original_affine" in meta and isinstance(image, MetaTensor):
-                ndim = len(current_shape)
-                src = np.asarray(meta["original_affine"], dtype=np.float64)[: ndim + 1, : ndim + 1]
-                dst = np.asarray(image.affine, dtype=np.float64)[: ndim + 1, : ndim + 1]
-                if src.shape[0] - 1 == boxes.shape[1] // 2:
-                    boxes = map_boxes(boxes, src, dst, current_shape)
+            if src is not None and src.shape[0] - 1 == boxes.shape[1] // 2:
+                boxes = map_boxes(boxes, src, dst, current_shape)
             d[key] = torch.as_tensor(boxes, dtype=torch.int64)
             if self.label_key is not None:
                 labels = d.get(self.label_key)
@@ -199,18 +206,12 @@ class FilePointsToArrayd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        image = d[self.ref_key]
-        source = _source_name(image)
-        meta = image.meta if isinstance(image, MetaTensor) else {}
-        current_shape = list(image.shape[1:])
-        file_shape = [int(s) for s in np.asarray(meta.get("spatial_shape", current_shape)).tolist()]
+        source, file_shape, current_shape, src, dst = _file_and_array_grids(d[self.ref_key])
         for key in self.key_iterator(d):
             if d[key] is None:
                 raise ValueError(f"'{key}' for {source}: no points were given.")
             points = validate_points(d[key], file_shape, source=source, key=key)
-            if "original_affine" in meta and isinstance(image, MetaTensor):
-                src = np.asarray(meta["original_affine"], dtype=np.float64)
-                dst = np.asarray(image.affine, dtype=np.float64)
+            if src is not None:
                 to_dst = np.linalg.inv(dst) @ src
                 points = (to_dst[:-1, :-1] @ points.T).T + to_dst[:-1, -1]
                 points = np.clip(points, 0, np.asarray(current_shape) - 1)  # float rounding at the borders

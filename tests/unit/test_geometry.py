@@ -78,3 +78,32 @@ def test_labels_are_checked():
 def test_orientationd_none_is_identity():
     assert type(orientationd("image", "none")).__name__ == "Identityd"
     assert type(orientationd("image", None)).__name__ == "Identityd"
+
+
+def test_file_points_follow_orientation_and_resampling():
+    """Points in file voxel indices keep their world position through Orientationd (LPS flips x and y of this RAS
+    volume) and 1 mm resampling: voxel index i at spacing s lands on (i + 0.5) * s - 0.5."""
+    from common.transforms.geometry import FilePointsToArrayd
+    from common.transforms.resample import ScaleResampled
+
+    image = _ras_volume()  # (10, 8, 6) at (2, 3, 4) mm
+    data = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), orientationd("image", "LPS"),
+                    ScaleResampled("image", target_spacing=(1.0, 1.0, 1.0)),
+                    FilePointsToArrayd("points", ref_key="image")])({"image": image, "points": [[1, 2, 3], [9, 0, 5]]})
+    expected = [[(9 - 1 + 0.5) * 2 - 0.5, (7 - 2 + 0.5) * 3 - 0.5, (3 + 0.5) * 4 - 0.5],
+                [(9 - 9 + 0.5) * 2 - 0.5, (7 - 0 + 0.5) * 3 - 0.5, (5 + 0.5) * 4 - 0.5]]
+    assert data["image"].shape[1:] == (20, 24, 24)
+    np.testing.assert_allclose(data["points"].numpy(), expected, atol=1e-4)
+    world = lambda affine, p: (np.asarray(affine) @ np.append(p, 1.0))[:3]  # noqa: E731
+    np.testing.assert_allclose(world(data["image"].affine, data["points"][0].numpy()),
+                               world(image.meta["original_affine"], [1, 2, 3]), atol=1e-4)
+
+
+@pytest.mark.parametrize("points, message", [([[10, 0, 0]], r"point #0 \[10.0, 0.0, 0.0\] lies outside"),
+                                             ([[1, 2]], "expected a list of"), ([[1, float("nan"), 2]], "finite")])
+def test_file_points_errors(points, message):
+    from common.transforms.geometry import FilePointsToArrayd
+
+    image = EnsureChannelFirstd("image", channel_dim="no_channel")({"image": _ras_volume()})["image"]
+    with pytest.raises(ValueError, match=message):
+        FilePointsToArrayd("points")({"image": image, "points": points})

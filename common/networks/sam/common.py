@@ -17,8 +17,8 @@ __all__ = ["LayerNorm2d", "MLPBlock", "MLP"]
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a channels-first map.
 
-    Input/output ``(B, C, H, W)``; each pixel's C values are normalised (biased variance, ``eps``) and scaled by
-    the affine ``weight``/``bias`` of shape ``(C,)`` (initialised to ones/zeros).
+    Input/output ``(B, C, H, W)`` (any number of spatial axes works); each pixel's C values are normalised (biased
+    variance, ``eps``) and scaled by the affine ``weight``/``bias`` of shape ``(C,)`` (initialised to ones/zeros).
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
@@ -28,8 +28,7 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, self.bias, self.eps).movedim(-1, 1)
 
 
 class MLPBlock(nn.Module):

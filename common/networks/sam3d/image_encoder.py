@@ -21,8 +21,8 @@ from monai.networks.nets.swin_unetr import compute_mask, window_partition, windo
 from torch import nn
 
 from ..adapters import Conv3dAdapter
-from ..sam.common import MLPBlock
-from ..sam.image_encoder import PatchEmbed
+from ..sam.common import LayerNorm2d, MLPBlock
+from ..sam.image_encoder import Attention, PatchEmbed
 
 __all__ = ["INPUT_PATHS", "Attention3d", "Block3d", "ImageEncoder3d", "LayerNorm3d", "linear_upsample_matrix"]
 
@@ -50,42 +50,24 @@ def linear_upsample_matrix(scale: int, patch: int, dtype=torch.float32) -> torch
     return m.to(dtype)
 
 
-class LayerNorm3d(nn.Module):
+class LayerNorm3d(LayerNorm2d):
     """Channel-wise LayerNorm of ``(B, C, H, W, D)`` maps; ``weight``/``bias`` of shape ``(C,)``."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 4, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return x.permute(0, 4, 1, 2, 3)
-
-
-class Attention3d(nn.Module):
+class Attention3d(Attention):
     """Multi-head attention in cubic windows with 3-axis decomposed relative position.
 
-    ``forward(x (B * nW, w, w, w, dim), mask (nW, w**3, w**3) or None) -> same shape as x``. The tables
-    ``rel_pos_h/w/d`` have ``2 * table_size - 1`` rows (SAM's sizes, so SAM's tables load) and are resized
-    linearly to ``2w - 1`` rows on every forward; the bias is scaled by the (frozen) scalar ``lr``. Without
-    autograd, windows are processed ``inference_chunk`` at a time (the bias is ``heads * N * N`` floats a window).
+    ``forward(x (B * nW, w, w, w, dim), mask (nW, w**3, w**3) or None) -> same shape as x``. SAM's ``qkv``,
+    ``proj`` and ``rel_pos_h/w`` (``2 * table_size - 1`` rows, SAM's sizes, so SAM's tables load) plus a new
+    ``rel_pos_d``; the tables are resized linearly to ``2w - 1`` rows on every forward, and the bias is scaled by
+    the (frozen) scalar ``lr``. Without autograd, windows are processed ``inference_chunk`` at a time (the bias is
+    ``heads * N * N`` floats a window).
     """
 
     def __init__(self, dim: int, num_heads: int, table_size: int, qkv_bias: bool = True,
                  inference_chunk: int = 8) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        rows = 2 * table_size - 1
-        self.rel_pos_h = nn.Parameter(torch.zeros(rows, self.head_dim))
-        self.rel_pos_w = nn.Parameter(torch.zeros(rows, self.head_dim))
-        self.rel_pos_d = nn.Parameter(torch.zeros(rows, self.head_dim))
+        super().__init__(dim, num_heads, qkv_bias, use_rel_pos=True, input_size=(table_size, table_size))
+        self.rel_pos_d = nn.Parameter(torch.zeros_like(self.rel_pos_h))
         self.lr = nn.Parameter(torch.tensor(1.0))
         self.inference_chunk = inference_chunk
 
