@@ -10,91 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import verify_net_in_out
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResampleToMatchd
 
 from common.data.examples import ct_small_dicom
+from workflow_utils import box_of, checked_properties, dice, expect_failure, files_left, make_workflow, run_inference
 
 CT_SMALL_BOX = [72, 0, 109, 28]  # the default input_dict of inference.json: the descending aorta on CT_small.dcm
-SCHEMA_NAME = "meta_schema_20240725.json"
-
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-def error_chain(exc: BaseException | None) -> list[BaseException]:
-    """``exc`` and every exception it wraps (MONAI re-raises config and transform errors as RuntimeError)."""
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not seen for seen in chain):
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain
-
-
-def error_text(exc: BaseException) -> str:
-    return "\n".join(f"{type(e).__name__}: {e}" for e in error_chain(exc))
-
-
-def files_left(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    pred, ref = pred.astype(bool), ref.astype(bool)
-    return float(2.0 * (pred & ref).sum() / (pred.sum() + ref.sum()))
-
-
-def box_of(mask: np.ndarray) -> list[int]:
-    """Inclusive box ``[lo..., hi...]`` of a mask, as plain ints (file voxel indices)."""
-    nz = np.argwhere(mask)
-    return [int(v) for v in nz.min(0)] + [int(v) for v in nz.max(0)]
-
-
-def make_workflow(configs: Path, files, workflow_type: str, **override) -> ConfigWorkflow:
-    files = [files] if isinstance(files, str) else list(files)
-    return ConfigWorkflow(config_file=[str(configs / f) for f in files], workflow_type=workflow_type,
-                          logging_file=False, **override)
-
-
-def checked_properties(wf: ConfigWorkflow):
-    # monai 1.6.1 raises KeyError instead of listing a missing required id (see specs/monai_bundles.md 1.6)
-    try:
-        return wf.check_properties()
-    except KeyError as err:
-        pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
-
-
-def run_workflow(wf: ConfigWorkflow) -> ConfigWorkflow:
-    wf.initialize()
-    try:
-        wf.run()
-    finally:
-        wf.finalize()
-    return wf
-
-
-def run_inference(configs: Path, out_dir: Path, input_dict: dict | None = None, extra=(), **override) -> ConfigWorkflow:
-    override["output_dir"] = str(out_dir)
-    if input_dict is not None:
-        override["input_dict"] = input_dict
-    return run_workflow(make_workflow(configs, ["inference.json", *extra], "infer", **override))
-
-
-def expect_failure(wf_factory, out_dir: Path, *fragments: str) -> str:
-    """Run the workflow, expect it to fail with every fragment somewhere in the error chain, and nothing written."""
-    with pytest.raises(Exception) as info:
-        run_workflow(wf_factory())
-    text = error_text(info.value)
-    for fragment in fragments:
-        assert fragment in text, f"{fragment!r} not in the error chain:\n{text}"
-    assert files_left(out_dir) == [], f"files left in {out_dir} after a failure: {files_left(out_dir)}"
-    return text
 
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
@@ -120,23 +49,6 @@ def tiny_eval_dataset(tmp_path_factory, ct3):
 
 
 # ------------------------------------------------------------------------------------- metadata, network, properties
-def test_verify_metadata_offline(configs, repo_root, tmp_path):
-    schema = tmp_path / SCHEMA_NAME
-    shutil.copy(repo_root.parent / "shared" / "schema" / SCHEMA_NAME, schema)
-    before = schema.read_bytes()
-    meta = json.loads((configs / "metadata.json").read_text())
-    assert meta["schema"].endswith(SCHEMA_NAME)
-    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(schema))
-    assert schema.read_bytes() == before  # the existing file was used, nothing downloaded over it
-
-    # the schema really is applied: dropping a required key fails
-    del meta["required_packages_version"]
-    broken = tmp_path / "metadata_broken.json"
-    broken.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="required_packages_version"):
-        verify_metadata(meta_file=str(broken), filepath=str(schema))
-
-
 def test_verify_net_in_out(configs):
     meta = json.loads((configs / "metadata.json").read_text())["network_data_format"]
     assert meta["inputs"]["image"]["spatial_shape"] == [256, 256] and meta["outputs"]["pred"]["num_channels"] == 1

@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from common.networks.medsam import build_lite_medsam
+from workflow_utils import checked_properties, make_workflow, run_bundle_torchrun
 
 TINY = {"epochs": 1, "slices_per_volume": 2, "batch_size": 2, "val_slices_per_structure": 1, "num_workers": 0,
         "cache_rate": 0.0}
@@ -45,18 +40,6 @@ def train_dataset(tmp_path_factory, totalseg_dir) -> Path:
     return root
 
 
-def train_workflow(configs: Path, files, **override) -> ConfigWorkflow:
-    return ConfigWorkflow(config_file=[str(configs / f) for f in files], workflow_type="train", logging_file=False,
-                          **override)
-
-
-def checked_properties(wf: ConfigWorkflow):
-    try:
-        return wf.check_properties()
-    except KeyError as err:  # monai 1.6.1 raises instead of listing a missing required id
-        pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
-
-
 def load_checkpoint(path: Path):
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     net = build_lite_medsam()
@@ -66,8 +49,8 @@ def load_checkpoint(path: Path):
 
 def test_train(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    wf = train_workflow(configs, ["train.json"], dataset_dir=str(train_dataset), ckpt_dir=str(ckpt_dir),
-                        output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(weights), **TINY)
+    wf = make_workflow(configs, "train.json", "train", dataset_dir=str(train_dataset), ckpt_dir=str(ckpt_dir),
+                       output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(weights), **TINY)
     wf.initialize()
     assert checked_properties(wf) == []
     wf.run()
@@ -89,9 +72,9 @@ def test_train(configs, train_dataset, weights, tmp_path):
 
 def test_train_decoder_only(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    wf = train_workflow(configs, ["train.json", "train_decoder_only.json"], dataset_dir=str(train_dataset),
-                        ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"), load_pretrain=True,
-                        pretrained_path=str(weights), **{**TINY, "epochs": 2})
+    wf = make_workflow(configs, ["train.json", "train_decoder_only.json"], "train", dataset_dir=str(train_dataset),
+                       ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"), load_pretrain=True,
+                       pretrained_path=str(weights), **{**TINY, "epochs": 2})
     wf.initialize()
     assert checked_properties(wf) == []
     net = wf.parser.get_parsed_content("network")
@@ -119,33 +102,12 @@ def test_train_decoder_only(configs, train_dataset, weights, tmp_path):
     assert all(not p.requires_grad for p in net.prompt_encoder.parameters())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, train_dataset, weights, tmp_path):
     """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
     ckpt_dir = tmp_path / "ckpt"
-    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
     overrides = {**TINY, "dataset_dir": train_dataset, "ckpt_dir": ckpt_dir, "output_dir": tmp_path / "runs",
                  "load_pretrain": True, "pretrained_path": weights}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--local_addr", "127.0.0.1",
-               "-m", "monai.bundle", "run", "--config_file", files, "--logging_file", "False"]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(command, cwd=str(repo_root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, which this test started
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within 300 s:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-6000:]
+    output = run_bundle_torchrun([configs / "train.json", configs / "multi_gpu_train.json"], overrides, repo_root)
     assert "val_mean_dice" in output
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]
     load_checkpoint(ckpt_dir / "model.pt")

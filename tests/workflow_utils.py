@@ -1,0 +1,141 @@
+"""Helpers shared by the bundle tests: building and running ``ConfigWorkflow``s, error chains, torchrun launches,
+and a fake network that configs can name as ``workflow_utils.ForegroundCube`` (tests/ is on ``sys.path``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+
+# ----------------------------------------------------------------------------------------------------------- errors
+def error_chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and every exception it wraps (MONAI re-raises config and transform errors as RuntimeError)."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def error_text(exc: BaseException) -> str:
+    """Every exception of the chain as ``Type: message``, one per line."""
+    return "\n".join(f"{type(e).__name__}: {e}" for e in error_chain(exc))
+
+
+def files_left(folder: Path) -> list[str]:
+    """Paths under ``folder`` relative to it, sorted (empty if it does not exist)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------------------------------ masks
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    pred, ref = pred.astype(bool), ref.astype(bool)
+    return float(2.0 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+
+
+def box_of(mask: np.ndarray) -> list[int]:
+    """Inclusive box ``[lo..., hi...]`` of a mask, as plain ints (file voxel indices)."""
+    nz = np.argwhere(mask)
+    return [int(v) for v in nz.min(0)] + [int(v) for v in nz.max(0)]
+
+
+# -------------------------------------------------------------------------------------------------------- workflows
+def make_workflow(configs: Path, files, workflow_type: str, **override) -> ConfigWorkflow:
+    """``ConfigWorkflow`` over ``configs/<file>`` for each of ``files`` (one name or a list), without logging setup."""
+    files = [files] if isinstance(files, str) else list(files)
+    return ConfigWorkflow(config_file=[str(configs / f) for f in files], workflow_type=workflow_type,
+                          logging_file=False, **override)
+
+
+def checked_properties(wf: ConfigWorkflow):
+    """``wf.check_properties()``; monai 1.6.1 raises KeyError instead of listing a missing required id."""
+    try:
+        return wf.check_properties()
+    except KeyError as err:
+        pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
+
+
+def run_workflow(wf: ConfigWorkflow) -> ConfigWorkflow:
+    """initialize, run and (always) finalize."""
+    wf.initialize()
+    try:
+        wf.run()
+    finally:
+        wf.finalize()
+    return wf
+
+
+def run_inference(configs: Path, out_dir: Path, input_dict: dict | None = None, extra=(), **override) -> ConfigWorkflow:
+    """Run ``inference.json`` (plus ``extra`` config files) writing to ``out_dir``."""
+    override["output_dir"] = str(out_dir)
+    if input_dict is not None:
+        override["input_dict"] = input_dict
+    return run_workflow(make_workflow(configs, ["inference.json", *extra], "infer", **override))
+
+
+def expect_failure(wf_factory, out_dir: Path, *fragments: str) -> str:
+    """Run the workflow, expect it to fail with every fragment somewhere in the error chain, and nothing written."""
+    with pytest.raises(Exception) as info:
+        run_workflow(wf_factory())
+    text = error_text(info.value)
+    for fragment in fragments:
+        assert fragment in text, f"{fragment!r} not in the error chain:\n{text}"
+    assert files_left(out_dir) == [], f"files left in {out_dir} after a failure: {files_left(out_dir)}"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------- torchrun
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_bundle_torchrun(config_files, overrides: dict, cwd: Path, nproc: int = 2, timeout: float = 300) -> str:
+    """``torchrun -m monai.bundle run`` with ``nproc`` CPU processes (gloo, 127.0.0.1 only); returns the output.
+
+    Fails the test if it exits non-zero or runs past ``timeout`` seconds; then the whole process group this
+    started (launcher and workers) is killed.
+    """
+    files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--local_addr", "127.0.0.1",
+               "-m", "monai.bundle", "run", "--config_file", files, "--logging_file", "False"]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, which this call started
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout} s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+# ------------------------------------------------------------------------------------------------------ fake models
+class ForegroundCube(torch.nn.Module):
+    """Fake promptable network: logits ``(B, 2, *spatial)`` with background 0 and foreground ``+value`` everywhere,
+    so a point-patch inferer predicts exactly its cube. One dummy parameter, so a saved state dict loads strictly."""
+
+    def __init__(self, value: float = 10.0) -> None:
+        super().__init__()
+        self.value = float(value)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, image: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
+        background = torch.zeros_like(image[:, :1]) + 0.0 * self.dummy
+        return torch.cat([background, background + self.value], dim=1)
