@@ -245,6 +245,32 @@ def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
     assert seen3[0][2] != points
 
 
+def test_evaluate_automatic_variant(configs, dataset, ct3, tmp_path):
+    """evaluate.json + evaluate_auto.json: prompt-free network, sliding windows of foreground probability over the
+    whole volume (at 3 mm here, to keep the window count small), one "automatic" row per case on the label's native
+    grid."""
+    torch.manual_seed(0)
+    weights = tmp_path / "model_auto.pt"
+    torch.save(build_sam3d_adapter(**TINY_SIZES, promptable=False).state_dict(), str(weights))
+    out = tmp_path / "eval"
+    wf = make_workflow(configs, ["evaluate.json", "evaluate_auto.json"], "infer", output_dir=str(out),
+                       ckpt_path=str(weights), target_name="pancreas",
+                       **{**data_override(dataset), "network_def": {**TINY_NET, "promptable": False},
+                          "target_spacing": [3.0, 3.0, 3.0]})
+    wf.initialize()
+    assert checked_properties(wf) == []
+    preds = []
+    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED,
+                                   lambda e: preds.extend(o["pred"] for o in e.state.output))
+    wf.run()
+    wf.finalize()
+    image, _ = ct3
+    assert [tuple(p.shape) for p in preds] == [(1, *image.shape)]
+    assert set(torch.unique(preds[0]).tolist()) <= {0.0, 1.0}
+    rows = read_rows(out)
+    assert [(r["case"], r["protocol"]) for r in rows] == [("case_a", "automatic")]
+
+
 def test_evaluate_label_without_target(configs, totalseg_dir, tiny_weights, ct3, tmp_path):
     image, label = ct3
     data = tmp_path / "data"

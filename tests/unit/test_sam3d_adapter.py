@@ -202,6 +202,9 @@ def test_end_to_end_shape_batch_and_errors():
     image, points = torch.randn(2, 1, 16, 16, 16), torch.rand(2, 4, 3) * 15
     out = model(image, points)
     assert out.shape == (2, 2, 16, 16, 16)
+    with torch.no_grad():  # the memory-saving paths without autograd (chunked attention and MLP) give the same
+        model.image_encoder.blocks[0].attn.inference_chunk = 5
+        assert (model(image, points) - out).abs().max() <= 1e-5
     assert torch.allclose(out[1:], model(image[1:], points[1:]), atol=1e-5)  # batch items are independent
     with pytest.raises(ValueError, match="promptable"):
         model(image)

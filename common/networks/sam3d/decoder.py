@@ -20,42 +20,45 @@ def _conv_block(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 
 class MLAHead(nn.Module):
-    """Four heads (``head2..head5``), each two conv-IN-ReLU blocks, then trilinear upsampling by ``scale``
-    (``align_corners=True``, as published): 4 x ``(B, in_ch, G, G, G)`` -> ``(B, 4 * mid_ch, sG, sG, sG)``."""
+    """Four heads (``head2..head5``), each two conv-IN-ReLU blocks: ``(B, in_ch, G, G, G) -> (B, mid_ch, G, G, G)``,
+    one per tapped feature level (applied by :class:`MultiLevelDecoder`)."""
 
-    def __init__(self, in_ch: int = 256, mid_ch: int = 128, scale: int = 2) -> None:
+    def __init__(self, in_ch: int = 256, mid_ch: int = 128) -> None:
         super().__init__()
-        self.scale = scale
+        self.mid_ch = mid_ch
         for i in range(2, 6):
             setattr(self, f"head{i}", nn.Sequential(*_conv_block(in_ch, mid_ch), *_conv_block(mid_ch, mid_ch)))
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        heads = [self.head2, self.head3, self.head4, self.head5]
-        if len(features) != len(heads):
-            raise ValueError(f"MLAHead takes {len(heads)} feature maps, got {len(features)}")
-        outs = [F.interpolate(h(f), scale_factor=self.scale, mode="trilinear", align_corners=True)
-                for h, f in zip(heads, features)]
-        return torch.cat(outs, dim=1)
+    @property
+    def heads(self) -> list[nn.Module]:
+        return [self.head2, self.head3, self.head4, self.head5]
 
 
 class MultiLevelDecoder(nn.Module):
     """``forward(features: 4 x (B, in_ch, G, G, G), image (B, 1, R, R, R)) -> logits (B, num_classes, R, R, R)``.
 
-    The image is resized to ``2G`` (trilinear, ``align_corners=False``; for ``R = 4G`` this is an exact 2x2x2
-    average) and concatenated to the aggregated heads; ``cls`` maps the ``4 * mid_ch + 1`` channels to the
-    classes at ``2G``, and the logits are upsampled to ``R`` (trilinear, ``align_corners=True``). All maps share
-    one axis order; the caller chooses it (published: (H, W, D)).
+    Each head's output is upsampled by ``head_scale`` (trilinear, ``align_corners=True``, as published); the image
+    is resized to the same grid (trilinear, ``align_corners=False``; from twice that grid's size this is an exact
+    2x2x2 average) and concatenated as the last channel; ``cls`` maps the ``4 * mid_ch + 1`` channels to the
+    classes, and the logits are upsampled to ``R`` (trilinear, ``align_corners=True``). The concatenation is
+    written in place into one tensor (no per-head copies). All maps share one axis order; the caller chooses it
+    (published: (H, W, D)).
     """
 
     def __init__(self, in_ch: int = 256, mid_ch: int = 128, num_classes: int = 2, head_scale: int = 2) -> None:
         super().__init__()
-        self.mlahead = MLAHead(in_ch, mid_ch, head_scale)
+        self.head_scale = head_scale
+        self.mlahead = MLAHead(in_ch, mid_ch)
         self.cls = nn.Sequential(*_conv_block(4 * mid_ch + 1, mid_ch),
                                  nn.Conv3d(mid_ch, num_classes, 3, padding=1, bias=False))
 
     def forward(self, features: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        x = self.mlahead(features)
-        size = x.shape[2:]
-        small = F.interpolate(image, scale_factor=size[0] / image.shape[2], mode="trilinear", align_corners=False)
-        logits = self.cls(torch.cat([x, small], dim=1))
-        return F.interpolate(logits, size=image.shape[2:], mode="trilinear", align_corners=True)
+        heads, mid = self.mlahead.heads, self.mlahead.mid_ch
+        if len(features) != len(heads):
+            raise ValueError(f"the decoder takes {len(heads)} feature maps, got {len(features)}")
+        size = [n * self.head_scale for n in features[0].shape[2:]]
+        x = features[0].new_empty(features[0].shape[0], len(heads) * mid + 1, *size)
+        for i, (head, f) in enumerate(zip(heads, features)):
+            x[:, i * mid:(i + 1) * mid] = F.interpolate(head(f), size=size, mode="trilinear", align_corners=True)
+        x[:, -1:] = F.interpolate(image, scale_factor=size[0] / image.shape[2], mode="trilinear", align_corners=False)
+        return F.interpolate(self.cls(x), size=image.shape[2:], mode="trilinear", align_corners=True)
