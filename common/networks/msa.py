@@ -1,0 +1,127 @@
+"""Medical SAM Adapter (MSA / Med-SA, Wu et al., arXiv 2304.12620): SAM with bottleneck adapters (spec: 3dsam_msa.md B).
+
+Per encoder block (``common.networks.sam`` adapter slots):
+
+* ``after_attn``: the space adapter, ``a + fc2(gelu(fc1(a)))`` on the attention output (768 -> 192 -> 768);
+* ``parallel_mlp``: the MLP adapter, ``fc2(gelu(fc1(x)))`` parallel to the MLP, scaled by 0.5;
+* ``parallel_attn`` (3-D only): :class:`DepthAttention`, the block's own frozen attention applied along the slice
+  axis, followed by a depth adapter without skip.
+
+Default init (no zero init), as published. Trainable, as published: the encoder adapters and the whole mask decoder
+(the prompt encoder runs without gradients upstream). ViT-B: adapters 295,872 each; 2-D 7,100,928 (two per block),
+3-D 10,651,392 (three); trainable 11,159,268 (2-D) / 14,709,732 (3-D) of 100,836,400 / 104,386,864. The paper's
+"2%" does not match the published code, which trains 14.1%.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from common.networks.adapters import Adapter
+from common.networks.sam import CheckpointError, Sam, build_sam_vit, load_checkpoint
+from common.networks.sam.image_encoder import Attention, window_partition, window_unpartition
+
+__all__ = ["DEPTH_GROUPINGS", "DepthAttention", "build_msa", "closest_factors", "load_sam_weights", "msa_trainable"]
+
+ADAPTER_RATIO = 0.25
+MLP_ADAPTER_SCALE = 0.5
+#: ``"per_token"``: each spatial token attends over the slices (the method as described; correct in every block).
+#: ``"published"``: the released code's grouping, which in window blocks regroups (slice, window) pairs instead.
+DEPTH_GROUPINGS = ("per_token", "published")
+
+
+def closest_factors(n: int) -> tuple[int, int]:
+    """``(a, b)`` with ``a * b == n`` and ``a <= b`` as close as possible (96 -> (8, 12)): the 2-D grid the slices
+    are folded into so that SAM's 2-D attention (and its rel-pos tables) can run along depth."""
+    a = math.isqrt(n)
+    while n % a:
+        a -= 1
+    return a, n // a
+
+
+class DepthAttention(nn.Module):
+    """Depth branch of MSA's 3-D mode: ``(B * D, H, W, C)`` normed slice tokens -> ``(B * D, H, W, C)``.
+
+    The ``D = depth`` slices of each volume are consecutive in the batch. ``"per_token"`` grouping: for each spatial
+    token, its ``D`` values form a sequence, folded into a :func:`closest_factors` grid and passed through
+    ``attention`` (the block's frozen SAM attention, shared, not owned: it adds no state-dict keys), then through
+    ``adapter``. ``"published"`` grouping reproduces the released code in window blocks (``window_size > 0``):
+    the windowed batch axis, ordered (slice, window), is split into groups of ``D`` consecutive entries, which mixes
+    windows and slices; in global blocks both groupings are the same.
+    """
+
+    def __init__(self, attention: Attention, depth: int, adapter: nn.Module, grouping: str = "per_token",
+                 window_size: int = 0) -> None:
+        super().__init__()
+        if grouping not in DEPTH_GROUPINGS:
+            raise ValueError(f"grouping must be one of {DEPTH_GROUPINGS}, got {grouping!r}")
+        if depth < 2:
+            raise ValueError(f"the depth branch needs at least 2 slices per volume, got depth={depth}")
+        object.__setattr__(self, "attention", attention)  # shared with the block: not a submodule
+        self.adapter = adapter
+        self.depth, self.grouping, self.window_size = depth, grouping, window_size
+        self.grid = closest_factors(depth)
+
+    def _along_depth(self, seq: torch.Tensor) -> torch.Tensor:
+        """``(N, D, C)`` sequences -> attention on the folded ``(N, dh, dw, C)`` grid -> adapter -> ``(N, D, C)``."""
+        n, d, c = seq.shape
+        return self.adapter(self.attention(seq.reshape(n, *self.grid, c))).reshape(n, d, c)
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        bd, h, w, c = xn.shape
+        d = self.depth
+        if bd % d:
+            raise ValueError(f"the depth branch takes stacks of {d} slices: batch of {bd} slices is not a multiple")
+        if self.grouping == "published" and self.window_size > 0:
+            windows, pad_hw = window_partition(xn, self.window_size)  # (B * D * nW, ws, ws, C), (slice, window)
+            nwd, ws = windows.shape[0], self.window_size
+            seq = windows.reshape(nwd // d, d, ws * ws, c).transpose(1, 2).reshape(-1, d, c)
+            out = self._along_depth(seq).reshape(nwd // d, ws * ws, d, c).transpose(1, 2)
+            return window_unpartition(out.reshape(nwd, ws, ws, c), ws, pad_hw, (h, w))
+        seq = xn.reshape(bd // d, d, h * w, c).transpose(1, 2).reshape(-1, d, c)
+        out = self._along_depth(seq).reshape(bd // d, h * w, d, c).transpose(1, 2)
+        return out.reshape(bd, h, w, c)
+
+
+def msa_trainable(model: Sam) -> Sam:
+    """Published trainable set: encoder adapters and the mask decoder; everything else frozen."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("mask_decoder.") or ".adapters." in name)
+    return model
+
+
+def build_msa(image_size: int = 1024, num_slices: int | None = None, depth_grouping: str = "per_token",
+              preset: str = "vit_b", **overrides) -> Sam:
+    """MSA on SAM (``preset`` at ``image_size`` px, ``overrides`` as :func:`build_sam_vit`).
+
+    ``num_slices``: slices per volume for the 3-D mode (published ``chunk``, 96); ``None`` builds the 2-D model
+    without a depth branch. ``depth_grouping``: see :class:`DepthAttention` (default the correct per-token grouping).
+    """
+    sam = build_sam_vit(preset, image_size=image_size, **overrides)
+    enc = sam.image_encoder
+    dim = enc.embed_dim
+    enc.set_adapters("after_attn", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=True))
+    enc.set_adapters("parallel_mlp", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False),
+                     scale=MLP_ADAPTER_SCALE)
+    if num_slices is not None:
+        enc.set_adapters("parallel_attn", lambda i: DepthAttention(
+            enc.blocks[i].attn, num_slices, Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False), depth_grouping,
+            enc.blocks[i].window_size))
+    return msa_trainable(sam)
+
+
+def load_sam_weights(model: Sam, sam: str | os.PathLike | Mapping) -> list[str]:
+    """Load an official SAM checkpoint into an MSA model: every SAM key must load (relative-position tables
+    included, which the published loader drops after its 2024 renaming); only adapter keys may stay at their
+    initialisation. Returns those adapter keys; raises :class:`CheckpointError` otherwise."""
+    missing, unexpected = load_checkpoint(model, sam, strict=False)
+    not_adapters = [k for k in missing if ".adapters." not in k]
+    if not_adapters or unexpected:
+        raise CheckpointError(f"SAM checkpoint does not fit this MSA model: missing {not_adapters[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}")
+    return list(missing)

@@ -1,0 +1,136 @@
+"""Medical SAM Adapter network: parameter counts, equality with SAM (segment-anything reference) when every adapter's
+output projection is zero, the depth branch's grouping, and SAM checkpoint loading with the rel-pos tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.networks.msa import DepthAttention, build_msa, closest_factors, load_sam_weights
+from common.networks.sam import CheckpointError, build_sam_vit
+from common.networks.sam.image_encoder import Attention
+
+sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
+
+# 64 px, 8x8 tokens, windows of 3 (padded to 9), one global block
+TINY = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,),
+            prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2, decoder_mlp_dim=32, iou_head_hidden_dim=16)
+
+
+def zero_adapter_outputs(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters." in name and ".fc2." in name:
+                p.zero_()
+
+
+def test_published_counts():
+    counts = {}
+    for depth in (None, 96):
+        model = build_msa(num_slices=depth, device="meta")
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        counts[depth] = (total, trainable)
+        adapters = [m for n, m in model.named_modules() if n.endswith(("after_attn", "parallel_mlp"))]
+        assert all(sum(p.numel() for p in a.parameters()) == 295_872 for a in adapters)
+    assert counts[96] == (104_386_864, 14_709_732)  # spec B1: 3 adapters x 12 blocks + the whole mask decoder
+    assert counts[None] == (100_836_400, 11_159_268)
+    model = build_msa(num_slices=96, device="meta")
+    assert all(not p.requires_grad for p in model.prompt_encoder.parameters())
+    assert all(p.requires_grad for p in model.mask_decoder.parameters())
+
+
+def reference_from(model) -> torch.nn.Module:
+    """segment-anything's Sam at TINY sizes, loaded with ``model``'s SAM weights (adapter keys left out)."""
+    grid = TINY["image_size"] // TINY["patch_size"]
+    ref = sam_ref.Sam(
+        image_encoder=sam_ref.ImageEncoderViT(
+            img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,),
+            out_chans=16, qkv_bias=True, use_rel_pos=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)),
+        prompt_encoder=sam_ref.PromptEncoder(embed_dim=16, image_embedding_size=(grid, grid),
+                                             input_image_size=(64, 64), mask_in_chans=4),
+        mask_decoder=sam_ref.MaskDecoder(transformer_dim=16, transformer=sam_ref.TwoWayTransformer(
+            depth=2, embedding_dim=16, num_heads=2, mlp_dim=32), iou_head_hidden_dim=16),
+    )
+    state = {k: v for k, v in model.state_dict().items() if ".adapters." not in k}
+    ref.load_state_dict(state, strict=True)
+    return ref.eval()
+
+
+@pytest.mark.parametrize("depth", [None, 4])
+def test_zeroed_adapters_equal_sam(depth):
+    torch.manual_seed(0)
+    model = build_msa(num_slices=depth, **TINY).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "rel_pos" in name:
+                p.normal_()  # informative rel-pos tables (SAM initialises them to zero)
+    ref = reference_from(model)
+    images = torch.randn(4, 3, 64, 64)
+    points = torch.tensor([[[20.0, 30.0]]] * 4)
+    labels = torch.ones(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        assert (model.encode(images) - ref.image_encoder(images)).abs().max() > 1e-3  # adapters are live
+        zero_adapter_outputs(model)
+        ours = model.encode(images)
+        theirs = ref.image_encoder(images)
+        assert (ours - theirs).abs().max() <= 1e-4
+        sparse, dense = ref.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        per_image = [ref.mask_decoder(theirs[i:i + 1], ref.prompt_encoder.get_dense_pe(), sparse[i:i + 1],
+                                      dense[i:i + 1], False) for i in range(4)]  # the reference decodes one image
+        ref_masks, ref_iou = (torch.cat(t) for t in zip(*per_image))
+        masks, iou = model(images, point_coords=points, point_labels=labels, multimask_output=False,
+                           return_iou=True)
+    assert (masks - ref_masks).abs().max() <= 1e-4 and (iou - ref_iou).abs().max() <= 1e-4
+
+
+def test_closest_factors():
+    assert closest_factors(96) == (8, 12) and closest_factors(7) == (1, 7) and closest_factors(16) == (4, 4)
+
+
+def _depth_branch(grouping: str, window_size: int) -> DepthAttention:
+    torch.manual_seed(0)
+    attn = Attention(8, num_heads=2, use_rel_pos=True, input_size=(3, 3))
+    adapter = torch.nn.Linear(8, 8)
+    return DepthAttention(attn, depth=4, adapter=adapter, grouping=grouping, window_size=window_size)
+
+
+@pytest.mark.parametrize("grouping,window", [("per_token", 3), ("per_token", 0), ("published", 0)])
+def test_depth_branch_mixes_one_token_across_slices(grouping, window):
+    """Changing token (h, w) of one slice changes the branch output only at (h, w), in the volume's slices."""
+    branch = _depth_branch(grouping, window)
+    x = torch.randn(8, 6, 6, 8)  # 2 volumes x 4 slices of 6x6 tokens
+    y = x.clone()
+    y[1, 2, 4] += 1.0  # volume 0, slice 1, token (2, 4)
+    with torch.no_grad():
+        changed = (branch(x) - branch(y)).abs().sum(-1) > 1e-6
+    assert changed.nonzero().tolist() == [[s, 2, 4] for s in range(4)]
+
+
+def test_published_grouping_mixes_windows_in_window_blocks():
+    branch = _depth_branch("published", 3)
+    x = torch.randn(8, 6, 6, 8)  # 4 windows of 3x3 per slice: groups of 4 consecutive entries = 4 windows
+    y = x.clone()
+    y[1, 2, 4] += 1.0  # slice 1, window (0, 1), position (2, 1) in the window
+    with torch.no_grad():
+        changed = (branch(x) - branch(y)).abs().sum(-1) > 1e-6
+    assert changed.nonzero().tolist() == [[1, 2, 1], [1, 2, 4], [1, 5, 1], [1, 5, 4]]  # one slice, every window
+
+
+def test_load_sam_weights_keeps_rel_pos(tmp_path):
+    torch.manual_seed(0)
+    sam = build_sam_vit(**TINY)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if "rel_pos" in name:
+                p.normal_()
+    path = tmp_path / "sam.pth"
+    torch.save(sam.state_dict(), path)
+    model = build_msa(num_slices=4, **TINY)
+    left = load_sam_weights(model, path)
+    assert left and all(".adapters." in k for k in left)
+    own = model.state_dict()
+    for key in ("image_encoder.blocks.0.attn.rel_pos_h", "image_encoder.blocks.1.attn.rel_pos_w"):
+        assert torch.equal(own[key], sam.state_dict()[key]) and own[key].abs().sum() > 0
+    with pytest.raises(CheckpointError, match="missing"):
+        load_sam_weights(model, {k: v for k, v in sam.state_dict().items() if "rel_pos" not in k})
