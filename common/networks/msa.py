@@ -20,13 +20,17 @@ import os
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.networks.adapters import Adapter
 from common.networks.sam import CheckpointError, Sam, build_sam_vit, load_checkpoint
 from common.networks.sam.image_encoder import Attention, window_partition, window_unpartition
 
-__all__ = ["DEPTH_GROUPINGS", "DepthAttention", "build_msa", "closest_factors", "load_sam_weights", "msa_trainable"]
+__all__ = [
+    "DEPTH_GROUPINGS", "DepthAttention", "MSAVolume", "build_msa", "clicks_from_map", "closest_factors",
+    "load_sam_weights", "msa_trainable",
+]
 
 ADAPTER_RATIO = 0.25
 MLP_ADAPTER_SCALE = 0.5
@@ -88,6 +92,64 @@ class DepthAttention(nn.Module):
         return out.reshape(bd, h, w, c)
 
 
+#: SAM's pixel normalisation (ImageNet mean/std on 0..255), applied to the [0, 1] CT window times 255.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-slice SAM points from a click map ``(B, 1, X, Y, Z)`` (> 0 positive click, < 0 negative, 0 none).
+
+    Returns ``coords (B * Z, P, 2)`` as SAM's ``(x, y)`` = our ``(axis 0, axis 1)`` voxel indices and ``labels
+    (B * Z, P)`` (1 / 0, and -1 for padding), slices ordered (volume, z); ``P`` is the most clicks on any slice
+    (at least 1, so a slice without clicks gets only a padding point).
+    """
+    b, _, x, y, z = click_map.shape
+    slices = click_map[:, 0].permute(0, 3, 1, 2).reshape(b * z, x, y)
+    found = [torch.nonzero(s) for s in slices]
+    p = max(1, max(len(f) for f in found))
+    coords = click_map.new_zeros(b * z, p, 2, dtype=torch.float32)
+    labels = torch.full((b * z, p), -1, dtype=torch.long, device=click_map.device)
+    for i, (s, f) in enumerate(zip(slices, found)):
+        coords[i, :len(f)] = f.float()
+        labels[i, :len(f)] = (s[f[:, 0], f[:, 1]] > 0).long()
+    return coords, labels
+
+
+class MSAVolume(Sam):
+    """MSA on volumes: ``forward(image (B, 1, X, Y, Z) in [0, 1], condition (B, 1, X, Y, Z) click map)`` ->
+    logits ``(B, 1, X, Y, Z)``.
+
+    Each axial slice ``image[b, 0, :, :, k]`` becomes a SAM image (rows along y, columns along x, 3 channels),
+    resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std); its clicks come
+    from the same slice of the click map (:func:`clicks_from_map`), scaled to ``image_size`` as SAM scales
+    coordinates (the published code leaves them at crop scale: fixed here). The single-mask logits (``4 *
+    image_size / patch``) are resized back to the slice (bilinear). With a depth branch, ``Z`` must equal its
+    ``num_slices``. The click map travels with the image through MONAI's spatial transforms and sliding windows
+    (pass it as ``condition``). State dict: SAM's layout plus the adapters.
+    """
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 5 or image.shape[1] != 1 or condition.shape != image.shape:
+            raise ValueError(f"MSAVolume expects image and click map of one shape (B, 1, X, Y, Z), got "
+                             f"{tuple(image.shape)} and {tuple(condition.shape)}")
+        b, _, x, y, z = image.shape
+        size = self.image_size
+        slices = image[:, 0].permute(0, 3, 2, 1).reshape(b * z, 1, y, x)  # SAM slice: rows y, columns x
+        slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+        slices = (slices * 255.0 - self.pixel_mean) / self.pixel_std
+        coords, labels = clicks_from_map(condition)
+        coords = coords * coords.new_tensor([size[1] / x, size[0] / y])
+        low_res, _ = self.decode(self.encode(slices), point_coords=coords, point_labels=labels)
+        logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
+        return logits.reshape(b, z, y, x).permute(0, 3, 2, 1)[:, None]
+
+
 def msa_trainable(model: Sam) -> Sam:
     """Published trainable set: encoder adapters and the mask decoder; everything else frozen."""
     for name, p in model.named_parameters():
@@ -96,13 +158,14 @@ def msa_trainable(model: Sam) -> Sam:
 
 
 def build_msa(image_size: int = 1024, num_slices: int | None = None, depth_grouping: str = "per_token",
-              preset: str = "vit_b", **overrides) -> Sam:
+              preset: str = "vit_b", **overrides) -> MSAVolume:
     """MSA on SAM (``preset`` at ``image_size`` px, ``overrides`` as :func:`build_sam_vit`).
 
     ``num_slices``: slices per volume for the 3-D mode (published ``chunk``, 96); ``None`` builds the 2-D model
     without a depth branch. ``depth_grouping``: see :class:`DepthAttention` (default the correct per-token grouping).
     """
-    sam = build_sam_vit(preset, image_size=image_size, **overrides)
+    built = build_sam_vit(preset, image_size=image_size, **overrides)
+    sam = MSAVolume(built.image_encoder, built.prompt_encoder, built.mask_decoder)
     enc = sam.image_encoder
     dim = enc.embed_dim
     enc.set_adapters("after_attn", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=True))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.networks.msa import DepthAttention, build_msa, closest_factors, load_sam_weights
-from common.networks.sam import CheckpointError, build_sam_vit
+from common.networks.msa import DepthAttention, build_msa, clicks_from_map, closest_factors, load_sam_weights
+from common.networks.sam import CheckpointError, Sam, build_sam_vit
 from common.networks.sam.image_encoder import Attention
 
 sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
@@ -79,8 +79,8 @@ def test_zeroed_adapters_equal_sam(depth):
         per_image = [ref.mask_decoder(theirs[i:i + 1], ref.prompt_encoder.get_dense_pe(), sparse[i:i + 1],
                                       dense[i:i + 1], False) for i in range(4)]  # the reference decodes one image
         ref_masks, ref_iou = (torch.cat(t) for t in zip(*per_image))
-        masks, iou = model(images, point_coords=points, point_labels=labels, multimask_output=False,
-                           return_iou=True)
+        masks, iou = Sam.forward(model, images, point_coords=points, point_labels=labels, multimask_output=False,
+                                 return_iou=True)
     assert (masks - ref_masks).abs().max() <= 1e-4 and (iou - ref_iou).abs().max() <= 1e-4
 
 
@@ -134,3 +134,42 @@ def test_load_sam_weights_keeps_rel_pos(tmp_path):
         assert torch.equal(own[key], sam.state_dict()[key]) and own[key].abs().sum() > 0
     with pytest.raises(CheckpointError, match="missing"):
         load_sam_weights(model, {k: v for k, v in sam.state_dict().items() if "rel_pos" not in k})
+
+
+def test_clicks_from_map():
+    click_map = torch.zeros(2, 1, 6, 5, 3)
+    click_map[0, 0, 4, 1, 0] = 1.0  # volume 0, slice 0: positive at x=4, y=1
+    click_map[0, 0, 2, 3, 0] = -1.0  # and a negative
+    click_map[1, 0, 0, 4, 2] = -1.0  # volume 1, slice 2: negative at x=0, y=4
+    coords, labels = clicks_from_map(click_map)
+    assert coords.shape == (6, 2, 2) and labels.shape == (6, 2)
+    assert sorted(zip(coords[0].tolist(), labels[0].tolist())) == [([2.0, 3.0], 0), ([4.0, 1.0], 1)]
+    assert labels[1].tolist() == [-1, -1] and labels[2].tolist() == [-1, -1]  # slices without clicks: padding
+    assert coords[5, 0].tolist() == [0.0, 4.0] and labels[5].tolist() == [0, -1]
+
+
+def test_volume_forward_equals_sam_slice_by_slice():
+    """MSAVolume with zeroed adapters = the reference SAM on each slice (rows y, columns x), SAM-normalised, with the
+    slice's clicks scaled from the slice to the encoder size, and the logits resized back."""
+    torch.manual_seed(0)
+    model = build_msa(num_slices=4, **TINY).eval()
+    zero_adapter_outputs(model)
+    ref = reference_from(model)
+    volume = torch.rand(1, 1, 20, 16, 4)
+    clicks = torch.zeros_like(volume)
+    clicks[0, 0, 15, 3, 1] = 1.0
+    clicks[0, 0, 2, 12, 3] = -1.0
+    with torch.no_grad():
+        out = model(volume, clicks)
+        assert out.shape == (1, 1, 20, 16, 4)
+        mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
+        for k, click in [(1, ([15 * 64 / 20, 3 * 64 / 16], 1)), (3, ([2 * 64 / 20, 12 * 64 / 16], 0))]:
+            sam_slice = torch.nn.functional.interpolate(volume[:, :, :, :, k].transpose(2, 3), size=(64, 64),
+                                                        mode="bilinear").expand(-1, 3, -1, -1)
+            sam_slice = (sam_slice * 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+            sparse, dense = ref.prompt_encoder(points=(torch.tensor([[click[0]]]), torch.tensor([[click[1]]])),
+                                               boxes=None, masks=None)
+            low, _ = ref.mask_decoder(ref.image_encoder(sam_slice), ref.prompt_encoder.get_dense_pe(), sparse, dense,
+                                      False)
+            expected = torch.nn.functional.interpolate(low, size=(16, 20), mode="bilinear")[0, 0].T  # (X, Y)
+            assert (out[0, 0, :, :, k] - expected).abs().max() <= 1e-4
