@@ -2,8 +2,9 @@ from .box_propagation import BoxPropagationInferer, SliceEmbeddingCache, propaga
 from .chunked import BatchChunkInferer
 from .point_patch import PointPatchInferer
 from .probability import ForegroundProbabilitySlidingWindowInferer
+from .structure_clicks import PerStructureSlidingWindowInferer
 
 __all__ = [
-    "BatchChunkInferer", "BoxPropagationInferer", "ForegroundProbabilitySlidingWindowInferer", "PointPatchInferer",
-    "SliceEmbeddingCache", "propagation_order",
+    "BatchChunkInferer", "BoxPropagationInferer", "ForegroundProbabilitySlidingWindowInferer",
+    "PerStructureSlidingWindowInferer", "PointPatchInferer", "SliceEmbeddingCache", "propagation_order",
 ]

@@ -24,12 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.networks.adapters import Adapter
-from common.networks.sam import CheckpointError, Sam, build_sam_vit, load_checkpoint
+from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, Sam, build_sam_vit, load_checkpoint
 from common.networks.sam.image_encoder import Attention, window_partition, window_unpartition
 
 __all__ = [
-    "DEPTH_GROUPINGS", "DepthAttention", "MSAVolume", "build_msa", "clicks_from_map", "closest_factors",
-    "load_sam_weights", "msa_trainable",
+    "DEPTH_GROUPINGS",
+    "SAM_VIT_B_HINT",
+    "DepthAttention",
+    "MSAVolume",
+    "build_msa",
+    "clicks_from_map",
+    "closest_factors",
+    "load_sam_weights",
+    "msa_trainable",
 ]
 
 ADAPTER_RATIO = 0.25
@@ -95,6 +102,8 @@ class DepthAttention(nn.Module):
 #: SAM's pixel normalisation (ImageNet mean/std on 0..255), applied to the [0, 1] CT window times 255.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+#: Logit given to slices without any click (background, sigmoid ~ 2e-9): MSA segments the slices it is prompted on.
+NO_CLICK_LOGIT = -20.0
 
 
 def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +133,9 @@ class MSAVolume(Sam):
     resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std); its clicks come
     from the same slice of the click map (:func:`clicks_from_map`), scaled to ``image_size`` as SAM scales
     coordinates (the published code leaves them at crop scale: fixed here). The single-mask logits (``4 *
-    image_size / patch``) are resized back to the slice (bilinear). With a depth branch, ``Z`` must equal its
+    image_size / patch``) are resized back to the slice (bilinear); slices without a click get
+    :data:`NO_CLICK_LOGIT` everywhere (training and evaluation click every slice). With a depth branch, ``Z`` must
+    equal its
     ``num_slices``. The click map travels with the image through MONAI's spatial transforms and sliding windows
     (pass it as ``condition``). State dict: SAM's layout plus the adapters.
     """
@@ -147,6 +158,8 @@ class MSAVolume(Sam):
         coords = coords * coords.new_tensor([size[1] / x, size[0] / y])
         low_res, _ = self.decode(self.encode(slices), point_coords=coords, point_labels=labels)
         logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
+        clicked = (labels >= 0).any(1)
+        logits = logits.masked_fill(~clicked[:, None, None, None], NO_CLICK_LOGIT)
         return logits.reshape(b, z, y, x).permute(0, 3, 2, 1)[:, None]
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from common.networks.sam import CheckpointError, extract_state_dict, load_state_dict_file
+from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, load_state_dict_file
 from common.networks.sam3d import ImageEncoder3d, MultiLevelDecoder, VisualSamplerPromptEncoder
 
 __all__ = [
@@ -32,11 +32,6 @@ __all__ = [
     "published_state_dict",
     "trainable_parameter_counts",
 ]
-
-SAM_VIT_B_HINT = (
-    "Download SAM ViT-B (sam_vit_b_01ec64.pth) from https://github.com/facebookresearch/segment-anything "
-    "('Model Checkpoints') into the bundle's models/ folder, or set sam_checkpoint to its path."
-)
 
 #: Small sizes for tests and smoke runs (16^3 crops, 4^3 tokens, 2^3 windows): ``build_sam3d_adapter(**TINY_SIZES)``.
 TINY_SIZES = dict(roi_size=16, upsample=4, embed_dim=32, depth=4, num_heads=2, sam_grid=8, sam_window=3,

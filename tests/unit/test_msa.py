@@ -162,6 +162,7 @@ def test_volume_forward_equals_sam_slice_by_slice():
     with torch.no_grad():
         out = model(volume, clicks)
         assert out.shape == (1, 1, 20, 16, 4)
+        assert (out[..., [0, 2]] == -20.0).all()  # slices without a click stay background
         mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
         for k, click in [(1, ([15 * 64 / 20, 3 * 64 / 16], 1)), (3, ([2 * 64 / 20, 12 * 64 / 16], 0))]:
             sam_slice = torch.nn.functional.interpolate(volume[:, :, :, :, k].transpose(2, 3), size=(64, 64),

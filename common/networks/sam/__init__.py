@@ -5,7 +5,7 @@ State dicts use the official ``sam_vit_{b,l,h}`` key layout (``image_encoder.*``
 """
 
 from .build import DECODER_DEFAULTS, TINY_OVERRIDES, build_sam_vit, build_tiny_sam
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_file
+from .checkpoint import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_file
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import (
     ADAPTER_SLOTS,
@@ -25,6 +25,7 @@ from .transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "ADAPTER_SLOTS",
+    "SAM_VIT_B_HINT",
     "Attention",
     "Block",
     "CheckpointError",

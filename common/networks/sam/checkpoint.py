@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "extract_state_dict", "load_checkpoint", "load_state_dict_file"]
+__all__ = ["SAM_VIT_B_HINT", "CheckpointError", "extract_state_dict", "load_checkpoint", "load_state_dict_file"]
+
+#: Where users get the official SAM ViT-B weights (methods that start from SAM).
+SAM_VIT_B_HINT = (
+    "Download SAM ViT-B (sam_vit_b_01ec64.pth) from https://github.com/facebookresearch/segment-anything "
+    "('Model Checkpoints') into the bundle's models/ folder, or set sam_checkpoint to its path."
+)
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _MAX_LISTED = 8
