@@ -1,5 +1,6 @@
 """Helpers shared by the bundle tests: building and running ``ConfigWorkflow``s, error chains, torchrun launches,
-and a fake network that configs can name as ``workflow_utils.ForegroundCube`` (tests/ is on ``sys.path``)."""
+and fake networks that configs can name as ``workflow_utils.ForegroundCube`` / ``workflow_utils.ClickSlices``
+(tests/ is on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -139,3 +140,19 @@ class ForegroundCube(torch.nn.Module):
     def forward(self, image: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
         background = torch.zeros_like(image[:, :1]) + 0.0 * self.dummy
         return torch.cat([background, background + self.value], dim=1)
+
+
+class ClickSlices(torch.nn.Module):
+    """Fake click-conditioned network (MSA's interface): ``forward(image, condition)`` -> logits ``(B, 1, X, Y, Z)``
+    of ``+value`` on every slice along Z whose ``condition`` holds a non-zero click, ``-value`` elsewhere. One dummy
+    parameter, so a saved state dict loads strictly."""
+
+    def __init__(self, value: float = 10.0) -> None:
+        super().__init__()
+        self.value = float(value)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        clicked = condition.ne(0).flatten(1, 3).any(1)  # (B, Z)
+        logits = torch.where(clicked, self.value, -self.value).to(image.dtype) + 0.0 * self.dummy
+        return logits[:, None, None, None, :].repeat(1, 1, *image.shape[2:4], 1)  # a real (writable) tensor

@@ -16,7 +16,7 @@ METADATA_FILES = sorted(BUNDLES.glob("*/configs/metadata.json"))
 
 
 def test_every_bundle_is_checked():
-    assert {p.parts[-3] for p in METADATA_FILES} >= {"medsam", "3dsam_pancreas"}
+    assert {p.parts[-3] for p in METADATA_FILES} >= {"medsam", "3dsam_pancreas", "msa"}
 
 
 @pytest.mark.parametrize("meta_file", METADATA_FILES, ids=[p.parts[-3] for p in METADATA_FILES])
