@@ -4,6 +4,8 @@ and fake networks that configs can name as ``workflow_utils.ForegroundCube`` / `
 
 from __future__ import annotations
 
+import csv
+
 import os
 import signal
 import socket
@@ -156,3 +158,9 @@ class ClickSlices(torch.nn.Module):
         clicked = condition.ne(0).flatten(1, 3).any(1)  # (B, Z)
         logits = torch.where(clicked, self.value, -self.value).to(image.dtype) + 0.0 * self.dummy
         return logits[:, None, None, None, :].repeat(1, 1, *image.shape[2:4], 1)  # a real (writable) tensor
+
+
+def read_metrics_rows(out: Path) -> list[dict]:
+    """Rows of ``<out>/metrics.csv`` written by ``StructureMetricsReport``."""
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))

@@ -8,7 +8,6 @@ Points are given as the bundle's users give them: voxel indices ``[x, y, z]`` of
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -29,6 +28,7 @@ from workflow_utils import (
     expect_failure,
     files_left,
     make_workflow,
+    read_metrics_rows,
     run_bundle_torchrun,
     run_inference,
 )
@@ -45,14 +45,6 @@ PROTOCOLS = ["1_points", "3_points", "10_points"]
 def configs(repo_root) -> Path:
     """``bundles/3dsam_pancreas/configs`` (overrides the medsam folder of tests/bundles/conftest.py)."""
     return repo_root / "bundles" / "3dsam_pancreas" / "configs"
-
-
-@pytest.fixture(scope="module")
-def ct3(totalseg_dir):
-    """The 3 mm volume (RAS on disk) and its label map, as nibabel reads them (file voxel order)."""
-    image = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz"))
-    label = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    return image, label
 
 
 def write_datalist(path: Path, training: list[str], validation: list[str], test: list[str]) -> Path:
@@ -217,16 +209,11 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path, datalis
     return wf, seen
 
 
-def read_rows(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
     image, _ = ct3
     _, seen = run_evaluate(configs, dataset, tiny_weights, tmp_path / "eval1")
     assert files_left(tmp_path / "eval1") == ["metrics.csv", "metrics.json"]
-    rows = read_rows(tmp_path / "eval1")
+    rows = read_metrics_rows(tmp_path / "eval1")
     assert sorted(r["protocol"] for r in rows) == sorted(PROTOCOLS)
     assert {(r["case"], r["structure"], r["label"]) for r in rows} == {("case_a", "pancreas", str(PANCREAS))}
     assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0 for r in rows), rows
@@ -240,7 +227,7 @@ def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
 
     # seeded points: a second run repeats them and the rows; another seed moves them
     _, seen2 = run_evaluate(configs, dataset, tiny_weights, tmp_path / "eval2")
-    assert seen2 == seen and read_rows(tmp_path / "eval2") == rows
+    assert seen2 == seen and read_metrics_rows(tmp_path / "eval2") == rows
     _, seen3 = run_evaluate(configs, dataset, tiny_weights, tmp_path / "eval3", point_seed=1)
     assert seen3[0][2] != points
 
@@ -267,7 +254,7 @@ def test_evaluate_automatic_variant(configs, dataset, ct3, tmp_path):
     image, _ = ct3
     assert [tuple(p.shape) for p in preds] == [(1, *image.shape)]
     assert set(torch.unique(preds[0]).tolist()) <= {0.0, 1.0}
-    rows = read_rows(out)
+    rows = read_metrics_rows(out)
     assert [(r["case"], r["protocol"]) for r in rows] == [("case_a", "automatic")]
 
 

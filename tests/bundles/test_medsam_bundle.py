@@ -28,14 +28,6 @@ CT_SMALL_BOX = [72, 0, 109, 28]  # the default input_dict of inference.json: the
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def ct3(totalseg_dir):
-    """The 3 mm volume (RAS on disk) and its label map, as nibabel reads them (file voxel order)."""
-    image = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz"))
-    label = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    return image, label
-
-
-@pytest.fixture(scope="module")
 def tiny_eval_dataset(tmp_path_factory, ct3):
     """imagesTs/labelsTs with one 3-slice crop of the 3 mm volume (slices 10-12: liver and both kidneys)."""
     image, label = ct3

@@ -8,7 +8,6 @@ Points are given as the bundle's users give them: voxel indices ``[x, y, z]`` of
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from workflow_utils import (
     expect_failure,
     files_left,
     make_workflow,
+    read_metrics_rows,
     run_bundle_torchrun,
 )
 
@@ -59,14 +59,6 @@ def one_thread():
 def configs(repo_root) -> Path:
     """``bundles/msa/configs`` (overrides the medsam folder of tests/bundles/conftest.py)."""
     return repo_root / "bundles" / "msa" / "configs"
-
-
-@pytest.fixture(scope="module")
-def ct3(totalseg_dir):
-    """The 3 mm volume (RAS on disk) and its label map, as nibabel reads them (file voxel order)."""
-    image = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz"))
-    label = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    return image, label
 
 
 @pytest.fixture(scope="module")
@@ -259,16 +251,11 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path):
     return wf, seen
 
 
-def read_rows(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
     image, _ = ct3
     _, seen = run_evaluate(configs, dataset, tiny_weights, tmp_path / "eval1")
     assert files_left(tmp_path / "eval1") == ["metrics.csv", "metrics.json"]
-    rows = read_rows(tmp_path / "eval1")
+    rows = read_metrics_rows(tmp_path / "eval1")
     assert [(r["case"], r["protocol"], r["structure"], r["label"]) for r in rows] == [
         ("case_a", "clicks", name, str(value)) for name, value in zip(ORGANS, STRUCTURES)]
     assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0 for r in rows), rows
@@ -286,7 +273,7 @@ def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
 
     # seeded clicks: a second run repeats them and the rows
     _, seen2 = run_evaluate(configs, dataset, tiny_weights, tmp_path / "eval2")
-    assert torch.equal(seen2[0][3], clicks) and read_rows(tmp_path / "eval2") == rows
+    assert torch.equal(seen2[0][3], clicks) and read_metrics_rows(tmp_path / "eval2") == rows
     other = evaluate_workflow(configs, dataset, tiny_weights, tmp_path / "eval3", click_seed=1)
     other.initialize()
     assert not torch.equal(other.parser.get_parsed_content("dataset")[0]["clicks"], clicks)
