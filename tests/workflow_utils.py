@@ -145,9 +145,9 @@ class ForegroundCube(torch.nn.Module):
 
 
 class ClickSlices(torch.nn.Module):
-    """Fake click-conditioned network (MSA's interface): ``forward(image, condition)`` -> logits ``(B, 1, X, Y, Z)``
-    of ``+value`` on every slice along Z whose ``condition`` holds a non-zero click, ``-value`` elsewhere. One dummy
-    parameter, so a saved state dict loads strictly."""
+    """Fake click-conditioned network (MSA's interface): ``forward(image, condition (B, S, X, Y, Z))`` -> logits
+    ``(B, S, X, Y, Z)`` of ``+value`` on every slice along Z whose click map holds a non-zero click, ``-value``
+    elsewhere. One dummy parameter, so a saved state dict loads strictly."""
 
     def __init__(self, value: float = 10.0) -> None:
         super().__init__()
@@ -155,9 +155,9 @@ class ClickSlices(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        clicked = condition.ne(0).flatten(1, 3).any(1)  # (B, Z)
+        clicked = condition.ne(0).flatten(2, 3).any(2)  # (B, S, Z)
         logits = torch.where(clicked, self.value, -self.value).to(image.dtype) + 0.0 * self.dummy
-        return logits[:, None, None, None, :].repeat(1, 1, *image.shape[2:4], 1)  # a real (writable) tensor
+        return logits[:, :, None, None, :].repeat(1, 1, *image.shape[2:4], 1)  # a real (writable) tensor
 
 
 def read_metrics_rows(out: Path) -> list[dict]:

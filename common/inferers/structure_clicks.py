@@ -1,9 +1,8 @@
-"""Sliding windows of whole slices, once per prompted structure: the Medical SAM Adapter's volume evaluation.
+"""Sliding windows of whole slices for the Medical SAM Adapter's volume evaluation and inference.
 
-MSA segments one structure per forward pass, prompted by a click map (:mod:`common.transforms.slice_clicks`). A
-volume with ``S`` structures to segment has ``S`` click maps; each runs through MONAI's sliding window over full
-axial slices (windows of ``num_slices`` along Z, the depth the network was trained with), which cuts the click map
-with the image and hands it to the network as ``condition``.
+MSA is prompted by click maps (:mod:`common.transforms.slice_clicks`), one per structure. Image and click maps run
+together through MONAI's sliding window over full axial slices (windows of ``num_slices`` along Z, the depth the
+network was trained with), so each window's slices are encoded once for all structures.
 """
 
 from __future__ import annotations
@@ -24,12 +23,13 @@ class PerStructureSlidingWindowInferer(Inferer):
     """Per-structure foreground probabilities ``(B, S, X, Y, Z)`` of a click-conditioned network.
 
     Call: ``inferer(inputs, network, clicks)`` with ``inputs`` ``(B, 1, X, Y, Z)`` and ``clicks`` ``(B, S, X, Y, Z)``
-    (channel ``s``: the click map of structure ``s``). For each ``s``, ``SlidingWindowInferer`` with windows ``(X, Y,
-    num_slices)`` calls ``network(window, condition=c)``, ``c`` being the same window of ``clicks[:, s:s + 1]``, for
-    logits ``(B', 1, X, Y, num_slices)``; the stitched logits go through a sigmoid and become output channel ``s``.
-    Volumes with fewer than ``num_slices`` slices are zero-padded along Z (image and clicks, half before, half after)
-    and the padding is cropped off. The result is a MetaTensor with the meta and transform trace of ``inputs`` (for
-    ``Invertd``). The network runs under the caller's grad mode.
+    (channel ``s``: the click map of structure ``s``). ``SlidingWindowInferer`` with windows ``(X, Y, num_slices)``
+    cuts image and click maps together (MONAI's ``condition`` must have the image's shape, so they travel as one
+    tensor) and calls ``network(window, condition=c)`` with that window's click maps ``c`` for logits
+    ``(B', S, X, Y, num_slices)``; the stitched logits go through a sigmoid. Volumes with fewer than ``num_slices``
+    slices are zero-padded along Z (image and clicks, half before, half after) and the padding is cropped off. The
+    result is a MetaTensor with the meta and transform trace of ``inputs`` (for ``Invertd``). The network runs under
+    the caller's grad mode.
 
     Args:
         num_slices: window depth along Z in slices (MSA's ``chunk``; a depth branch requires its own ``num_slices``).
@@ -39,7 +39,7 @@ class PerStructureSlidingWindowInferer(Inferer):
 
     Raises:
         ValueError: ``inputs`` not ``(B, 1, X, Y, Z)``, ``clicks`` not ``(B, S, X, Y, Z)`` with the same ``B`` and
-            spatial shape, or network output with other than one channel.
+            spatial shape, or network output with other than ``S`` channels.
     """
 
     def __init__(self, num_slices: int, overlap: float = 0.25, mode: str = "constant", sw_batch_size: int = 1) -> None:
@@ -60,12 +60,15 @@ class PerStructureSlidingWindowInferer(Inferer):
         if maps.ndim != 5 or maps.shape[0] != b or maps.shape[2:] != images.shape[2:] or maps.shape[1] < 1:
             raise ValueError(f"PerStructureSlidingWindowInferer: clicks must be (B, S, X, Y, Z) = ({b}, S >= 1, {x}, "
                              f"{y}, {z}) like inputs {tuple(images.shape)}, got {tuple(maps.shape)}")
-        probs = []
-        for s in range(maps.shape[1]):
-            logits = self.window(images, network, *args, condition=maps[:, s:s + 1], **kwargs)
-            if logits.shape[1] != 1:
-                raise ValueError(f"PerStructureSlidingWindowInferer: the network must return one logit channel "
-                                 f"(B, 1, X, Y, Z), got {logits.shape[1]} channels for structure channel {s}")
-            probs.append(torch.sigmoid(_plain(logits)))
-        out = torch.cat(probs, dim=1)
+        n_structures = maps.shape[1]
+
+        def windowed(joint: torch.Tensor) -> torch.Tensor:
+            logits = network(joint[:, :1], *args, condition=joint[:, 1:], **kwargs)
+            if logits.shape[1] != n_structures:
+                raise ValueError(f"PerStructureSlidingWindowInferer: the network must return one logit channel per "
+                                 f"click map ({n_structures}), got {logits.shape[1]} channels")
+            return logits
+
+        logits = self.window(torch.cat([images, maps], dim=1), windowed)
+        out = torch.sigmoid(_plain(logits))
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]

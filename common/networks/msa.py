@@ -126,18 +126,17 @@ def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class MSAVolume(Sam):
-    """MSA on volumes: ``forward(image (B, 1, X, Y, Z) in [0, 1], condition (B, 1, X, Y, Z) click map)`` ->
-    logits ``(B, 1, X, Y, Z)``.
+    """MSA on volumes: ``forward(image (B, 1, X, Y, Z) in [0, 1], condition (B, S, X, Y, Z) click maps)`` ->
+    logits ``(B, S, X, Y, Z)``, one channel per click map (one structure each; training uses ``S = 1``).
 
     Each axial slice ``image[b, 0, :, :, k]`` becomes a SAM image (rows along y, columns along x, 3 channels),
-    resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std); its clicks come
-    from the same slice of the click map (:func:`clicks_from_map`), scaled to ``image_size`` as SAM scales
-    coordinates (the published code leaves them at crop scale: fixed here). The single-mask logits (``4 *
-    image_size / patch``) are resized back to the slice (bilinear); slices without a click get
-    :data:`NO_CLICK_LOGIT` everywhere (training and evaluation click every slice). With a depth branch, ``Z`` must
-    equal its
-    ``num_slices``. The click map travels with the image through MONAI's spatial transforms and sliding windows
-    (pass it as ``condition``). State dict: SAM's layout plus the adapters.
+    resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std), and is encoded
+    once for all ``S`` click maps; each map's clicks on that slice (:func:`clicks_from_map`) are scaled to
+    ``image_size`` as SAM scales coordinates (the published code leaves them at crop scale: fixed here). The
+    single-mask logits (``4 * image_size / patch``) are resized back to the slice (bilinear); slices without a click
+    get :data:`NO_CLICK_LOGIT` everywhere (training and evaluation click every slice). With a depth branch, ``Z``
+    must equal its ``num_slices``. The click maps travel with the image through MONAI's spatial transforms and
+    sliding windows. State dict: SAM's layout plus the adapters.
     """
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
@@ -146,21 +145,24 @@ class MSAVolume(Sam):
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 5 or image.shape[1] != 1 or condition.shape != image.shape:
-            raise ValueError(f"MSAVolume expects image and click map of one shape (B, 1, X, Y, Z), got "
+        if image.ndim != 5 or image.shape[1] != 1 or condition.ndim != 5 or condition.shape[0] != image.shape[0] \
+                or condition.shape[2:] != image.shape[2:]:
+            raise ValueError(f"MSAVolume expects image (B, 1, X, Y, Z) and click maps (B, S, X, Y, Z), got "
                              f"{tuple(image.shape)} and {tuple(condition.shape)}")
         b, _, x, y, z = image.shape
         size = self.image_size
         slices = image[:, 0].permute(0, 3, 2, 1).reshape(b * z, 1, y, x)  # SAM slice: rows y, columns x
         slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
-        slices = (slices * 255.0 - self.pixel_mean) / self.pixel_std
-        coords, labels = clicks_from_map(condition)
-        coords = coords * coords.new_tensor([size[1] / x, size[0] / y])
-        low_res, _ = self.decode(self.encode(slices), point_coords=coords, point_labels=labels)
-        logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
-        clicked = (labels >= 0).any(1)
-        logits = logits.masked_fill(~clicked[:, None, None, None], NO_CLICK_LOGIT)
-        return logits.reshape(b, z, y, x).permute(0, 3, 2, 1)[:, None]
+        embeddings = self.encode((slices * 255.0 - self.pixel_mean) / self.pixel_std)
+        scale = torch.tensor([size[1] / x, size[0] / y], device=image.device)
+        out = []
+        for s in range(condition.shape[1]):
+            coords, labels = clicks_from_map(condition[:, s:s + 1])
+            low_res, _ = self.decode(embeddings, point_coords=coords * scale, point_labels=labels)
+            logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
+            logits = logits.masked_fill(~(labels >= 0).any(1)[:, None, None, None], NO_CLICK_LOGIT)
+            out.append(logits.reshape(b, z, y, x).permute(0, 3, 2, 1))
+        return torch.stack(out, dim=1)
 
 
 def msa_trainable(model: Sam) -> Sam:

@@ -174,3 +174,22 @@ def test_volume_forward_equals_sam_slice_by_slice():
                                       False)
             expected = torch.nn.functional.interpolate(low, size=(16, 20), mode="bilinear")[0, 0].T  # (X, Y)
             assert (out[0, 0, :, :, k] - expected).abs().max() <= 1e-4
+
+
+def test_several_click_maps_share_one_encoding():
+    """S click maps give the S logits of S separate calls, with one encoder pass per slice stack."""
+    torch.manual_seed(0)
+    model = build_msa(num_slices=4, **TINY).eval()
+    volume = torch.rand(1, 1, 12, 10, 4)
+    clicks = torch.zeros(1, 2, 12, 10, 4)
+    clicks[0, 0, 3, 4, :] = 1.0
+    clicks[0, 1, 8, 2, :] = 1.0
+    clicks[0, 1, 1, 1, 2] = -1.0
+    passes = []
+    model.image_encoder.register_forward_hook(lambda m, args, out: passes.append(args[0].shape[0]))
+    with torch.no_grad():
+        joint = model(volume, clicks)
+        separate = torch.cat([model(volume, clicks[:, s:s + 1]) for s in range(2)], dim=1)
+    assert joint.shape == (1, 2, 12, 10, 4) and passes == [4, 4, 4]  # 4 slices encoded once per call
+    assert (joint - separate).abs().max() <= 1e-5
+    assert not torch.allclose(joint[:, 0], joint[:, 1])

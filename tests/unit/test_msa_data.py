@@ -107,7 +107,7 @@ def test_points_to_click_map_errors():
 
 
 class ClickEcho(torch.nn.Module):
-    """Fake MSA: records (image window, condition) and returns logits ``10 * condition`` ``(B', 1, X, Y, Z')``."""
+    """Fake MSA: records (image window, condition) and returns logits ``10 * condition`` ``(B', S, X, Y, Z')``."""
 
     def __init__(self):
         super().__init__()
@@ -135,17 +135,14 @@ def test_windows_see_their_own_slices_of_each_structure_clicks():
     out = PerStructureSlidingWindowInferer(num_slices=4, overlap=0.25, sw_batch_size=2)(images, net, clicks)
     assert isinstance(out, MetaTensor) and out.shape == (2, 3, 5, 4, 10)
     torch.testing.assert_close(out.as_tensor(), torch.sigmoid(10.0 * clicks))  # channel order, exact blending
-    per_structure = len(net.calls) // 3  # the structures run one after the other
-    assert per_structure * 3 == len(net.calls)
     covered = {}
-    for call, (windows, conditions) in enumerate(net.calls):
-        s = call // per_structure
+    for windows, conditions in net.calls:  # one pass: every window carries all three structures' click maps
         for window, condition in zip(windows, conditions):
-            assert window.shape == condition.shape == (1, 5, 4, 4)  # full slices, 4 deep
+            assert window.shape == (1, 5, 4, 4) and condition.shape == (3, 5, 4, 4)  # full slices, 4 deep
             b, slices = int(window[0, 0, 0, 0]) // 100, window[0, 0, 0].long() % 100 - 1
-            assert torch.equal(condition, clicks[b, s:s + 1][..., slices])
-            covered.setdefault((b, s), set()).update(slices.tolist())
-    assert covered == {(b, s): set(range(10)) for b in range(2) for s in range(3)}
+            assert torch.equal(condition, clicks[b][..., slices])
+            covered.setdefault(b, set()).update(slices.tolist())
+    assert covered == {b: set(range(10)) for b in range(2)}
 
 
 def test_volumes_with_fewer_slices_than_a_window_are_padded():
@@ -154,11 +151,11 @@ def test_volumes_with_fewer_slices_than_a_window_are_padded():
     out = PerStructureSlidingWindowInferer(num_slices=8)(images, net, clicks)
     assert out.shape == (1, 2, 3, 2, 3)
     torch.testing.assert_close(out.as_tensor(), torch.sigmoid(10.0 * clicks))
-    assert len(net.calls) == 2
-    for s, (window, condition) in enumerate(net.calls):
-        assert window[0, 0, 0, 0].tolist() == [0, 0, 1, 2, 3, 0, 0, 0]  # 2 zero slices before, 3 after
-        assert torch.equal(condition[..., 2:5], clicks[:, s:s + 1])
-        assert condition[..., [0, 1, 5, 6, 7]].abs().sum() == 0
+    assert len(net.calls) == 1
+    ((window, condition),) = net.calls
+    assert window[0, 0, 0, 0].tolist() == [0, 0, 1, 2, 3, 0, 0, 0]  # 2 zero slices before, 3 after
+    assert torch.equal(condition[..., 2:5], clicks)
+    assert condition[..., [0, 1, 5, 6, 7]].abs().sum() == 0
 
 
 def test_result_keeps_meta_for_invertd():
@@ -185,7 +182,7 @@ def test_inferer_errors():
         inferer(torch.zeros(1, 2, 3, 2, 4), ClickEcho(), torch.zeros(1, 1, 3, 2, 4))
     with pytest.raises(ValueError, match=r"clicks must be .* = \(1, S >= 1, 3, 2, 4\).*got \(1, 2, 3, 2, 5\)"):
         inferer(images, ClickEcho(), torch.zeros(1, 2, 3, 2, 5))
-    with pytest.raises(ValueError, match=r"one logit channel .*got 2 channels for structure channel 0"):
+    with pytest.raises(ValueError, match=r"one logit channel per click map \(1\), got 2 channels"):
         inferer(images, lambda x, condition: torch.cat([x, condition], 1), torch.zeros(1, 1, 3, 2, 4))
     with pytest.raises(ValueError, match=r"num_slices must be >= 1, got 0"):
         PerStructureSlidingWindowInferer(num_slices=0)
