@@ -36,7 +36,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from common.atomic import write_text_atomic  # noqa: E402
 from common.inferers import BoxPropagationInferer  # noqa: E402
 from common.networks import medsam  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
@@ -384,19 +384,6 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, device: str | None = None,
          data_dir: str | None = None, encoder_iterations: int = 10, output_md: str | None = None) -> dict:
     """Run the benchmark.
@@ -440,7 +427,7 @@ def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, devi
         encoder.append(enc)
     report = render_markdown(info, command, int(repeats), volumes, encoder)
     if output_md:
-        _write_atomic(output_md, report)
+        write_text_atomic(output_md, report)
         print(f"wrote {output_md}", flush=True)
     return {v["volume"]: {"speedup_wall": round(v["t_ref"] / v["t_ours"], 2),
                           "speedup_cpu": round(v["c_ref"] / v["c_ours"], 2), "calls": v["calls"]} for v in volumes}

@@ -27,6 +27,8 @@ from pathlib import Path
 import fire
 import torch
 
+from common.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 ROI = 128
 
@@ -128,7 +130,7 @@ def main(volume: str | None = None, label: str | None = None, label_value: int =
     text = "\n".join(lines) + "\n"
     print(text)
     if output_md:
-        Path(output_md).write_text(text)
+        write_text_atomic(output_md, text)
     return {"fused": {k: v for k, v in fused.items() if k != "logits"},
             "literal": {k: v for k, v in literal.items() if k != "logits"}, "max_abs_diff": diff}
 

@@ -14,27 +14,20 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import fire
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.atomic import atomic_path  # noqa: E402
 from common.networks import medsam, sam3d_adapter  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 
 
 def _save(model: torch.nn.Module, out: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".pt.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({count:,} parameters)")
     return out

@@ -13,11 +13,11 @@ sorted by case id and the file is written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import fire
+
+from common.atomic import write_text_atomic
 
 DEFAULT_SPLITS = str(Path(__file__).resolve().parents[2] / "shared" / "specs" / "3dsam_splits_fold0.json")
 MSD_DATASETS = ("pancreas", "colon")
@@ -56,16 +56,7 @@ def datalist_text(dataset: str, splits: str = DEFAULT_SPLITS) -> str:
 def main(dataset: str, out: str, splits: str = DEFAULT_SPLITS) -> str:
     """Write the datalist of ``dataset`` (pancreas or colon) from ``splits`` to ``out``; returns ``out``."""
     text = datalist_text(dataset, splits)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(out, text)
     counts = {key: len(items) for key, items in json.loads(text).items()}
     print(f"wrote {out}: {counts}")
     return out

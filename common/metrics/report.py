@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_dice, compute_surface_dice
 
+from common.atomic import write_text_atomic
 from common.transforms.io import output_stem
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,6 @@ def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence
     nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * t.shape[1], include_background=True,
                                spacing=list(spacing), use_subvoxels=use_subvoxels)[0]
     return dice.tolist(), nsd.tolist()
-
-
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class StructureMetricsReport:
@@ -127,7 +120,7 @@ class StructureMetricsReport:
         os.makedirs(self.output_dir, exist_ok=True)
         fields = ["case", "protocol", "structure", "label", "dice", "nsd"]
         lines = [",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in self.rows]
-        _atomic_write(os.path.join(self.output_dir, f"{self.name}.csv"), "\n".join(lines) + "\n")
+        write_text_atomic(os.path.join(self.output_dir, f"{self.name}.csv"), "\n".join(lines) + "\n")
         report = {"tolerance_mm": self.tolerance_mm, "rows": self.rows, "summary": self.summary()}
-        _atomic_write(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=2))
+        write_text_atomic(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=2))
         logger.info(f"wrote {len(self.rows)} rows to {os.path.join(self.output_dir, self.name)}.csv/.json")
