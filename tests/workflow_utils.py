@@ -164,3 +164,26 @@ def read_metrics_rows(out: Path) -> list[dict]:
     """Rows of ``<out>/metrics.csv`` written by ``StructureMetricsReport``."""
     with open(out / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def informative_positions(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill SAM's position tables (``rel_pos*``, ``pos_embed``; zero at initialisation) with random values in place,
+    so a table that is dropped or not copied shows; returns ``state``."""
+    for key, value in state.items():
+        if "rel_pos" in key or "pos_embed" in key:
+            value.normal_()
+    return state
+
+
+def save_weights(folder: Path, state: dict[str, torch.Tensor], name: str = "model.pt") -> Path:
+    """``torch.save`` a state dict as ``folder / name``; returns the path."""
+    path = folder / name
+    torch.save(state, str(path))
+    return path
+
+
+def load_strict(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A saved ``model.pt``: must be a plain state dict (``weights_only``) that loads strictly into ``model``."""
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return state

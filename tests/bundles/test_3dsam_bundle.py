@@ -27,10 +27,13 @@ from workflow_utils import (
     checked_properties,
     expect_failure,
     files_left,
+    informative_positions,
+    load_strict,
     make_workflow,
     read_metrics_rows,
     run_bundle_torchrun,
     run_inference,
+    save_weights,
 )
 
 PANCREAS = 7
@@ -79,9 +82,7 @@ def data_override(dataset: Path, datalist: str = "datalist.json") -> dict:
 def tiny_weights(tmp_path_factory) -> Path:
     """A random tiny 3DSAM-adapter ``model.pt`` (plain state dict)."""
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam3d_weights") / "model.pt"
-    torch.save(build_sam3d_adapter(**TINY_SIZES).state_dict(), str(path))
-    return path
+    return save_weights(tmp_path_factory.mktemp("sam3d_weights"), build_sam3d_adapter(**TINY_SIZES).state_dict())
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +93,18 @@ def sam_checkpoint(tmp_path_factory) -> Path:
     encoder = sam_ref.ImageEncoderViT(img_size=128, patch_size=16, embed_dim=32, depth=4, num_heads=2, window_size=3,
                                       global_attn_indexes=(1, 3), out_chans=16, use_rel_pos=True, qkv_bias=True,
                                       norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6))
-    state = {f"image_encoder.{k}": v for k, v in encoder.state_dict().items()}
-    for key, value in state.items():  # SAM initialises these tables to zero: make them informative
-        if "rel_pos" in key or "pos_embed" in key:
-            value.normal_()
-    path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
-    torch.save(state, str(path))
-    return path
+    state = informative_positions({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()})
+    return save_weights(tmp_path_factory.mktemp("sam"), state, "sam_tiny.pth")
 
 
 @pytest.fixture(scope="module")
 def cube_weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cube_weights") / "model.pt"
-    torch.save(ForegroundCube().state_dict(), str(path))
-    return path
+    return save_weights(tmp_path_factory.mktemp("cube_weights"), ForegroundCube().state_dict())
 
 
 def load_tiny(path: Path) -> dict[str, torch.Tensor]:
     """A saved ``model.pt``: must be a plain state dict that loads strictly into the tiny network."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    build_sam3d_adapter(**TINY_SIZES).load_state_dict(state, strict=True)
-    return state
+    return load_strict(path, build_sam3d_adapter(**TINY_SIZES))
 
 
 # ---------------------------------------------------------------------------------------------------- network, meta

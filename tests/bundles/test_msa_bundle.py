@@ -27,9 +27,12 @@ from workflow_utils import (
     checked_properties,
     expect_failure,
     files_left,
+    informative_positions,
+    load_strict,
     make_workflow,
     read_metrics_rows,
     run_bundle_torchrun,
+    save_weights,
 )
 
 ORGANS = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas"]
@@ -83,36 +86,25 @@ def data_override(dataset: Path) -> dict:
 def sam_checkpoint(tmp_path_factory) -> Path:
     """A tiny SAM checkpoint in the official layout (random), with informative (non-zero) position tables."""
     torch.manual_seed(1)
-    state = build_sam_vit(**TINY_SIZES).state_dict()
-    for key, value in state.items():  # SAM initialises these to zero: make a dropped table visible
-        if "rel_pos" in key or "pos_embed" in key:
-            value.normal_()
-    path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
-    torch.save(state, str(path))
-    return path
+    state = informative_positions(build_sam_vit(**TINY_SIZES).state_dict())
+    return save_weights(tmp_path_factory.mktemp("sam"), state, "sam_tiny.pth")
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """A random tiny MSA ``model.pt`` (plain state dict)."""
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("msa_weights") / "model.pt"
-    torch.save(build_msa(num_slices=ROI, **TINY_SIZES).state_dict(), str(path))
-    return path
+    return save_weights(tmp_path_factory.mktemp("msa_weights"), build_msa(num_slices=ROI, **TINY_SIZES).state_dict())
 
 
 @pytest.fixture(scope="module")
 def fake_weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fake_weights") / "model.pt"
-    torch.save(ClickSlices().state_dict(), str(path))
-    return path
+    return save_weights(tmp_path_factory.mktemp("fake_weights"), ClickSlices().state_dict())
 
 
 def load_tiny(path: Path) -> dict[str, torch.Tensor]:
     """A saved ``model.pt``: must be a plain state dict that loads strictly into the tiny network."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    build_msa(num_slices=ROI, **TINY_SIZES).load_state_dict(state, strict=True)
-    return state
+    return load_strict(path, build_msa(num_slices=ROI, **TINY_SIZES))
 
 
 # ---------------------------------------------------------------------------------------------------- network, meta

@@ -21,6 +21,7 @@ from common.networks.sam3d_adapter import (
     published_state_dict,
     trainable_parameter_counts,
 )
+from workflow_utils import informative_positions  # tests/ is on sys.path (tests/conftest.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
@@ -226,11 +227,9 @@ def _reference_sam_state(**sizes) -> dict:
 
 def test_init_from_sam_checkpoint_layout():
     torch.manual_seed(1)
-    state = _reference_sam_state(img_size=128, patch_size=16, embed_dim=32, depth=4, num_heads=2, window_size=3,
-                                 global_attn_indexes=(1, 3), out_chans=16)
-    for k, v in state.items():  # SAM initialises rel-pos and pos tables to zero; make them informative
-        if "rel_pos" in k or "pos_embed" in k:
-            v.normal_()
+    state = informative_positions(_reference_sam_state(img_size=128, patch_size=16, embed_dim=32, depth=4,
+                                                       num_heads=2, window_size=3, global_attn_indexes=(1, 3),
+                                                       out_chans=16))
     model = tiny()
     copied = init_from_sam(model, state)
     own = model.image_encoder.state_dict()
