@@ -23,6 +23,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600, which would hide shared outputs from other users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

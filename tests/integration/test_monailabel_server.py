@@ -1,0 +1,286 @@
+"""A real ``monailabel start_server`` (apps/sam_bundles) on 127.0.0.1, driven by ``MONAILabelClient``.
+
+Studies: the two real CT volumes of ``../shared/data/totalseg_ct`` (the DICOM series converted to NIfTI, its
+label resampled onto it through physical space) with their label maps as ``labels/final``. Bundles: copies of
+the repository's bundles; MedSAM with its real LiteMedSAM weights, 3DSAM-adapter and MSA with tiny random
+networks (their configs rewritten with tiny sizes). Every answer is checked against what the same bundle
+writes through ``python -m monai.bundle``-style ``ConfigWorkflow`` runs, voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import ConfigParser
+
+from common.networks.msa import TINY_SIZES as MSA_TINY
+from common.networks.msa import build_msa
+from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
+from common.networks.sam3d_adapter import build_sam3d_adapter
+from workflow_utils import box_of, dice, free_port, load_strict, run_inference, save_weights
+
+client_module = pytest.importorskip("monailabel.client", reason="needs the monailabel extra: pip install .[monailabel]")
+ClientError = client_module.client.MONAILabelClientException
+
+LIVER, PANCREAS = 5, 7
+MSA_SLICES = 16
+SERVER_START_S = 240
+TRAIN_TIMEOUT_S = 420
+MEDSAM_LIVER_DICE_MIN = 0.85  # the bundle's own zero-shot liver Dice on this volume is ~0.9 (docs/zero_shot_dice.json)
+TINY_CONFIGS = {
+    "3dsam_pancreas": {
+        "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
+        "roi_size": SAM3D_TINY["roi_size"], "target_labels": [PANCREAS], "init_from_sam": False,
+        "num_workers": 0, "cache_rate": 0.0,
+    },
+    "msa": {
+        "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": MSA_SLICES, **MSA_TINY},
+        "num_slices": MSA_SLICES, "roi_size": MSA_SLICES, "num_workers": 0,
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------- fixtures
+def tiny_bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: dict) -> None:
+    """``repo_bundle`` copied to ``target`` with the configs MONAI Label reads (inference.json, train.json)
+    rewritten by ``overrides``, and ``weights`` saved as ``models/model.pt``."""
+    shutil.copytree(repo_bundle, target, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
+    for name in ("inference.json", "train.json"):
+        parser = ConfigParser()
+        parser.read_config(str(target / "configs" / name))
+        for key, value in overrides.items():
+            if key in parser.config:
+                parser[key] = value
+        ConfigParser.export_config_file(parser.config, str(target / "configs" / name), indent=2)
+    (target / "models").mkdir()
+    save_weights(target / "models", weights)
+
+
+@pytest.fixture(scope="module")
+def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("label_bundles")
+    shutil.copytree(repo_root / "bundles" / "medsam", root / "medsam", ignore=shutil.ignore_patterns("models", "eval"))
+    (root / "medsam" / "models").mkdir()
+    shutil.copyfile(litemedsam_weights, root / "medsam" / "models" / "model.pt")
+    torch.manual_seed(0)
+    tiny_bundle_copy(repo_root / "bundles" / "3dsam_pancreas", root / "3dsam_pancreas", TINY_CONFIGS["3dsam_pancreas"],
+                     build_sam3d_adapter(**SAM3D_TINY).state_dict())
+    tiny_bundle_copy(repo_root / "bundles" / "msa", root / "msa", TINY_CONFIGS["msa"],
+                     build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict())
+    return root
+
+
+@pytest.fixture(scope="module")
+def studies(totalseg_dir, tmp_path_factory) -> Path:
+    """Both CT volumes as NIfTI studies with ``labels/final``; the DICOM label resampled onto the series' grid."""
+    root = tmp_path_factory.mktemp("studies")
+    (root / "labels" / "final").mkdir(parents=True)
+    shutil.copyfile(totalseg_dir / "ct_abdomen_3mm.nii.gz", root / "ct_abdomen_3mm.nii.gz")
+    shutil.copyfile(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz", root / "labels" / "final" / "ct_abdomen_3mm.nii.gz")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(totalseg_dir / "dicom")))
+    series = reader.Execute()
+    sitk.WriteImage(series, str(root / "ct_dicom.nii.gz"))
+    label = sitk.ReadImage(str(totalseg_dir / "ct_dicom_labels.nii.gz"))
+    on_series = sitk.Resample(label, series, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    sitk.WriteImage(on_series, str(root / "labels" / "final" / "ct_dicom.nii.gz"))
+    return root
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(repo_root, bundles_dir, studies, tmp_path_factory):
+    """``monailabel start_server`` in its own process group; yields ``(client, log path)``. At the end the whole
+    group (server, training subprocesses) is stopped and checked gone."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ)
+    env["MONAILABEL_PYEXE"] = sys.executable
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(repo_root / "tests" / "monailabel_site")  # torchvision stand-in, see sitecustomize.py
+    env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
+    command = [str(Path(sys.executable).parent / "monailabel"), "start_server",
+               "--app", str(repo_root / "apps" / "sam_bundles"), "--studies", str(studies),
+               "--host", "127.0.0.1", "--port", str(port),
+               "--conf", "bundles_dir", str(bundles_dir), "--conf", "embedding_cache_mb", "512"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = client_module.MONAILabelClient(f"http://127.0.0.1:{port}", tmpdir=str(log.parent))
+    try:
+        deadline = time.time() + SERVER_START_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"monailabel exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                client.info()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    pytest.fail(f"monailabel did not answer within {SERVER_START_S} s:\n{log.read_text()[-4000:]}")
+                time.sleep(2)
+        yield client, log
+    finally:
+        pgid = process.pid
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGTERM)
+            deadline = time.time() + 30
+            while _group_alive(pgid) and time.time() < deadline:
+                time.sleep(0.5)
+                process.poll()
+            if _group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert not _group_alive(pgid), "a process started by the MONAI Label server outlived it"
+
+
+def label_map(path: str) -> nib.Nifti1Image:
+    image = nib.load(path)
+    return nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+
+
+def roi_of(mask: np.ndarray) -> list[int]:
+    """3D Slicer's ``roi`` for the mask's box: ``[i0, i1, j0, j1, k0, k1]``."""
+    box = box_of(mask)
+    return [box[0], box[3], box[1], box[4], box[2], box[5]]
+
+
+def bundle_output(bundle: Path, out: Path, input_dict: dict) -> np.ndarray:
+    """What the bundle's own inference.json writes for ``input_dict`` (file voxel order)."""
+    run_inference(bundle / "configs", out, input_dict, bundle_root=str(bundle))
+    (written,) = list(out.glob("*_seg.nii.gz"))
+    return np.asarray(nib.load(str(written)).dataobj)
+
+
+def pancreas_clicks(label: np.ndarray, count: int = 3) -> list[list[int]]:
+    voxels = np.argwhere(label == PANCREAS)
+    return [[int(v) for v in voxels[i]] for i in np.linspace(0, len(voxels) - 1, count).astype(int)]
+
+
+# ------------------------------------------------------------------------------------------------------------- tests
+def test_info_lists_every_bundle(server):
+    client, _ = server
+    info = client.info()
+    models = info["models"]
+    assert set(models) == {"medsam", "3dsam_pancreas", "msa"}
+    assert models["medsam"]["type"] == "segmentation" and models["medsam"]["prompts"] == ["boxes", "box_labels"]
+    assert models["3dsam_pancreas"]["type"] == "deepgrow" and models["3dsam_pancreas"]["prompts"] == ["points"]
+    assert models["msa"]["type"] == "deepgrow" and models["msa"]["prompts"] == ["points", "point_labels"]
+    assert all(m["dimension"] == 3 and m["version"] == "0.1.0" for m in models.values())
+    assert models["3dsam_pancreas"]["labels"] == {"target": 1}
+    assert set(info["trainers"]) == {"medsam", "3dsam_pancreas", "msa"}
+
+
+def test_medsam_liver_box(server, studies, bundles_dir, ct3, tmp_path):
+    client, _ = server
+    image, label = ct3
+    liver = label == LIVER
+    result, params = client.infer("medsam", "ct_abdomen_3mm", {"roi": roi_of(liver)})
+    seg = label_map(result)
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
+    pred = np.asarray(seg.dataobj)
+    score = dice(pred > 0, liver)
+    print(f"MedSAM via MONAI Label, liver box on ct_abdomen_3mm: Dice {score:.4f}")
+    assert score >= MEDSAM_LIVER_DICE_MIN
+    own = bundle_output(bundles_dir / "medsam", tmp_path, {
+        "image": str(studies / "ct_abdomen_3mm.nii.gz"), "boxes": [box_of(liver)], "box_labels": [1]})
+    np.testing.assert_array_equal(pred, own)
+    cache = params["embedding_cache"]
+    assert cache["misses"] > 0
+
+    # the same image again (a refined box): every slice embedding comes from the cache, same answer
+    again, params = client.infer("medsam", "ct_abdomen_3mm", {"roi": roi_of(liver)})
+    np.testing.assert_array_equal(np.asarray(nib.load(again).dataobj), pred)
+    assert params["embedding_cache"]["misses"] == cache["misses"]
+    assert params["embedding_cache"]["hits"] >= cache["hits"] + cache["misses"]
+
+
+def test_3dsam_pancreas_clicks(server, studies, bundles_dir, ct3, tmp_path):
+    client, _ = server
+    image, label = ct3
+    clicks = pancreas_clicks(label)
+    result, _ = client.infer("3dsam_pancreas", "ct_abdomen_3mm", {"foreground": clicks, "background": []})
+    seg = label_map(result)
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
+    own = bundle_output(bundles_dir / "3dsam_pancreas", tmp_path, {
+        "image": str(studies / "ct_abdomen_3mm.nii.gz"), "points": clicks})
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
+
+
+def test_msa_clicks_on_the_dicom_study(server, studies, bundles_dir, tmp_path):
+    client, _ = server
+    image = nib.load(str(studies / "ct_dicom.nii.gz"))
+    label = np.asarray(nib.load(str(studies / "labels" / "final" / "ct_dicom.nii.gz")).dataobj)
+    clicks = [[int(v) for v in np.argwhere(label == LIVER)[0]]]
+    background = [[0, 0, clicks[0][2]]]
+    result, _ = client.infer("msa", "ct_dicom", {"foreground": clicks, "background": background})
+    seg = label_map(result)
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
+    own = bundle_output(bundles_dir / "msa", tmp_path, {
+        "image": str(studies / "ct_dicom.nii.gz"), "points": clicks + background, "point_labels": [1, 0]})
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
+
+
+@pytest.mark.parametrize("model, params, message", [
+    ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
+    ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
+    ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
+])
+def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
+    client, _ = server
+    with pytest.raises(ClientError) as error:
+        client.infer(model, "ct_abdomen_3mm", params)
+    assert "Status: 400" in str(error.value) and message in str(error.value)
+
+
+def test_four_concurrent_requests(server, ct3):
+    client, _ = server
+    _, label = ct3
+    requests = [("medsam", {"roi": roi_of(label == LIVER)}), ("3dsam_pancreas", {"foreground": pancreas_clicks(label)}),
+                ("medsam", {"roi": roi_of(label == PANCREAS)}), ("3dsam_pancreas", {"foreground": pancreas_clicks(label, 1)})]
+    sequential = [np.asarray(nib.load(client.infer(m, "ct_abdomen_3mm", p)[0]).dataobj) for m, p in requests]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(client.infer, m, "ct_abdomen_3mm", p) for m, p in requests]
+        results = [f.result(timeout=600) for f in futures]
+    for (path, _), expected in zip(results, sequential):
+        np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), expected)
+
+
+def test_train_one_tiny_epoch(server, bundles_dir):
+    client, log = server
+    model_file = bundles_dir / "3dsam_pancreas" / "models" / "model.pt"
+    before = torch.load(str(model_file), weights_only=True)
+    started = time.time()
+    client.train_start("3dsam_pancreas", {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False})
+    deadline = started + TRAIN_TIMEOUT_S
+    while True:
+        status = client.train_status(check_if_running=False)
+        if status and status.get("status") in ("DONE", "ERROR"):
+            break
+        if time.time() > deadline:
+            client.train_stop()
+            pytest.fail(f"training did not finish in {TRAIN_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+        time.sleep(3)
+    assert status["status"] == "DONE", json.dumps(status)[-4000:]
+    assert model_file.stat().st_mtime > started
+    after = load_strict(model_file, build_sam3d_adapter(**SAM3D_TINY))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
