@@ -35,7 +35,8 @@ ZIP_TIME = (2022, 5, 30, 0, 0, 0)  # model-zoo's fixed stamp (ci/update_model_in
 SKIPPED_DIRS = {"eval", "runs", "__pycache__", ".pytest_cache"}
 # import name -> distribution name, for what `common` imports (monai, torch and numpy have their own metadata keys)
 DISTRIBUTIONS = {"nibabel": "nibabel", "itk": "itk", "ignite": "pytorch-ignite", "scipy": "scipy",
-                 "SimpleITK": "SimpleITK", "pydicom": "pydicom", "tqdm": "tqdm", "fire": "fire"}
+                 "SimpleITK": "SimpleITK", "pydicom": "pydicom", "tqdm": "tqdm", "fire": "fire",
+                 "yaml": "pyyaml"}
 CORE = {"monai", "torch", "numpy", "common"}
 
 
@@ -112,10 +113,12 @@ def large_file_paths(bundle: Path) -> set[str]:
 
 
 def packaged_metadata(bundle: Path, third_party: set[str]) -> str:
-    """The bundle's metadata with the project package replaced by the vendored code's third-party imports."""
+    """The bundle's metadata with the project package replaced by the vendored code's third-party imports, plus
+    what the CLI needs: fire for ``python -m monai.bundle``, pyyaml for ``download_large_files``."""
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     required = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != PROJECT_PACKAGE}
-    for module in sorted(third_party | {"fire"}):
+    cli = {"fire"} | ({"yaml"} if (bundle / "large_files.yml").is_file() else set())
+    for module in sorted(third_party | cli):
         name = DISTRIBUTIONS[module]
         required.setdefault(name, importlib_metadata.version(name))
     meta["required_packages_version"] = dict(sorted(required.items()))

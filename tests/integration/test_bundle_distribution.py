@@ -14,9 +14,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from common.networks import medsam
-from workflow_utils import run_inference
+from common.networks.msa import TINY_SIZES as MSA_TINY
+from common.networks.msa import build_msa
+from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
+from common.networks.sam3d_adapter import build_sam3d_adapter
+from workflow_utils import run_inference, save_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import package_bundle  # noqa: E402
@@ -65,56 +70,102 @@ def test_large_files_yml_matches_the_published_weights(repo_root):
     assert "hash_type: \"sha256\"" in listing
 
 
-def fresh_env(venv: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    return env
+class FreshVenv:
+    """A virtual environment with only the packaged metadata's dependencies; runs commands without PYTHONPATH."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.python = str(root / "bin" / "python")
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+        self.env["PATH"] = f"{root / 'bin'}{os.pathsep}{self.env.get('PATH', '')}"
+
+    def run(self, args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> str:
+        done = subprocess.run([self.python, *args], cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        return done.stdout + done.stderr
+
+    def download(self, archive: Path, into: Path) -> Path:
+        """``monai.bundle.download(name, bundle_dir, url=file://...)``; returns the unpacked bundle folder."""
+        name = archive.name.split("_v")[0]
+        self.run(["-c", "import sys, monai.bundle; monai.bundle.download(name=sys.argv[1], bundle_dir=sys.argv[2], "
+                  "url=sys.argv[3])", name, str(into), archive.as_uri()], into.parent)
+        return into / name
 
 
-def run(command: list[str], cwd: Path, env: dict, timeout: float) -> str:
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    return done.stdout + done.stderr
+@pytest.fixture(scope="module")
+def fresh_venv(zips, tmp_path_factory) -> FreshVenv:
+    """torch, monai and numpy at the metadata's versions plus every zip's ``required_packages_version``."""
+    root = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
+    pins = set()
+    for archive in zips.values():
+        with zipfile.ZipFile(archive) as z:
+            meta = json.loads(z.read(f"{archive.name.split('_v')[0]}/configs/metadata.json"))
+        pins |= {f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}",
+                 f"numpy=={meta['numpy_version']}", *[f"{k}=={v}" for k, v in meta["required_packages_version"].items()]}
+    venv = FreshVenv(root)
+    venv.run(["-m", "pip", "install", "--quiet", *sorted(pins)], root.parent, VENV_INSTALL_TIMEOUT_S)
+    return venv
 
 
-def test_download_and_run_in_a_fresh_venv(repo_root, zips, litemedsam_weights, tmp_path):
-    """``monai.bundle download(url=file://...)`` -> ``download_large_files`` (file:// copy of the published
-    LiteMedSAM weights, sha256 checked) -> ``python -m monai.bundle run`` inside the unpacked folder, in a venv
-    with only torch, monai, numpy and the packaged ``required_packages_version``; the output equals this
-    repository's own run of the same bundle."""
-    archive = zips["medsam"]
-    with zipfile.ZipFile(archive) as z:
-        meta = json.loads(z.read("medsam/configs/metadata.json"))
-    venv = tmp_path / "venv"
-    env = fresh_env(venv)
-    python = str(venv / "bin" / "python")
-    run([sys.executable, "-m", "venv", str(venv)], tmp_path, env, 120)
-    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"numpy=={meta['numpy_version']}",
-            *[f"{k}=={v}" for k, v in meta["required_packages_version"].items()]]
-    run([python, "-m", "pip", "install", "--quiet", *pins], tmp_path, env, VENV_INSTALL_TIMEOUT_S)
-
-    bundles = tmp_path / "downloaded"
-    run([python, "-c", "import sys, monai.bundle; monai.bundle.download(name='medsam', bundle_dir=sys.argv[1], "
-         "url=sys.argv[2])", str(bundles), archive.as_uri()], tmp_path, env, RUN_TIMEOUT_S)
-    bundle = bundles / "medsam"
+def test_medsam_download_and_run_in_a_fresh_venv(repo_root, zips, fresh_venv, litemedsam_weights, tmp_path):
+    """download (file:// zip) -> ``download_large_files`` (file:// copy of the published LiteMedSAM weights, sha256
+    checked) -> ``python -m monai.bundle run`` inside the unpacked folder with its defaults; the output equals this
+    repository's own run of the bundle."""
+    bundle = fresh_venv.download(zips["medsam"], tmp_path / "downloaded")
     listing = bundle / "large_files.yml"
     published = Path(medsam.litemedsam_asset_path())
     listing.write_text("\n".join(f'    url: "{published.as_uri()}"' if line.strip().startswith("url:") else line
                                  for line in listing.read_text().splitlines()) + "\n")
-    run([python, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], tmp_path, env,
-        RUN_TIMEOUT_S)
+    fresh_venv.run(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], tmp_path)
     assert (bundle / "models" / "model.pt").read_bytes() == published.read_bytes()
 
-    where = run([python, "-c", "import common; print(common.__file__)"], bundle, env, 60)
+    where = fresh_venv.run(["-c", "import common; print(common.__file__)"], bundle)
     assert str(bundle / "common" / "__init__.py") in where
-    run([python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out"],
-        bundle, env, RUN_TIMEOUT_S)
+    fresh_venv.run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out"],
+                   bundle)
     (theirs,) = list((bundle / "out").glob("*_seg.nii.gz"))
 
     run_inference(repo_root / "bundles" / "medsam" / "configs", tmp_path / "ours", ckpt_path=str(litemedsam_weights))
     (ours,) = list((tmp_path / "ours").glob("*_seg.nii.gz"))
-    theirs_image, ours_image = nib.load(str(theirs)), nib.load(str(ours))
-    assert theirs.name == ours.name
-    np.testing.assert_array_equal(np.asarray(theirs_image.dataobj), np.asarray(ours_image.dataobj))
-    np.testing.assert_allclose(theirs_image.affine, ours_image.affine)
-    assert np.asarray(ours_image.dataobj).any()
+    assert_same_image(theirs, ours)
+    assert np.asarray(nib.load(str(ours)).dataobj).any()
+
+
+def assert_same_image(a: Path, b: Path) -> None:
+    image_a, image_b = nib.load(str(a)), nib.load(str(b))
+    assert a.name == b.name
+    np.testing.assert_array_equal(np.asarray(image_a.dataobj), np.asarray(image_b.dataobj))
+    np.testing.assert_allclose(image_a.affine, image_b.affine)
+
+
+TINY_RUNS = {
+    "3dsam_pancreas": ({"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
+                       {"roi_size": SAM3D_TINY["roi_size"]}, lambda: build_sam3d_adapter(**SAM3D_TINY), ["points"]),
+    "msa": ({"_target_": "common.networks.msa.build_msa", "num_slices": 16, **MSA_TINY},
+            {"num_slices": 16}, lambda: build_msa(num_slices=16, **MSA_TINY), ["points", "point_labels"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RUNS))
+def test_tiny_point_bundle_runs_in_a_fresh_venv(repo_root, zips, fresh_venv, ct3, totalseg_dir, name, tmp_path):
+    """The unpacked 3DSAM-adapter / MSA zips run their inference.json (tiny network and weights given on the
+    command line, real CT, clicks on the pancreas) in the fresh venv, equal to this repository's run."""
+    network_def, sizes, build, keys = TINY_RUNS[name]
+    torch.manual_seed(0)
+    weights = save_weights(tmp_path, build().state_dict(), "tiny.pt")
+    _, label = ct3
+    clicks = [[int(v) for v in np.argwhere(label == 7)[0]]]
+    input_dict = {"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": clicks, "point_labels": [1]}
+    input_dict = {k: v for k, v in input_dict.items() if k == "image" or k in keys}
+    overrides = {"network_def": network_def, **sizes, "ckpt_path": str(weights), "input_dict": input_dict}
+
+    bundle = fresh_venv.download(zips[name], tmp_path / "downloaded")
+    cli = [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
+    fresh_venv.run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out",
+                    *cli], bundle)
+    (theirs,) = list((bundle / "out").glob("*_seg.nii.gz"))
+    run_inference(repo_root / "bundles" / name / "configs", tmp_path / "ours", **overrides)
+    (ours,) = list((tmp_path / "ours").glob("*_seg.nii.gz"))
+    assert_same_image(theirs, ours)
