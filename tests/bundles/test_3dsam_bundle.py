@@ -354,7 +354,7 @@ def test_ckpt_export_automatic_variant(configs, tmp_path):
                 use_trace=True, input_shape=[1, 1, ROI, ROI, ROI], converter_kwargs={"check_trace": False})
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == "0.1.0"
+    assert json.loads(extra["metadata.json"]) == json.loads((configs / "metadata.json").read_text())
     for batch in (1, 2):
         x = torch.rand(batch, 1, ROI, ROI, ROI)
         with torch.no_grad():

@@ -31,6 +31,10 @@ VENV_INSTALL_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
 
 
+def version_of(repo_root: Path, name: str) -> str:
+    return json.loads((repo_root / "bundles" / name / "configs" / "metadata.json").read_text())["version"]
+
+
 @pytest.fixture(scope="module")
 def zips(repo_root, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
@@ -40,7 +44,7 @@ def zips(repo_root, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", BUNDLES)
 def test_zip_layout_and_determinism(repo_root, zips, name, tmp_path):
     archive = zips[name]
-    assert archive.name == f"{name}_v0.1.0.zip"
+    assert archive.name == f"{name}_v{version_of(repo_root, name)}.zip"
     again = Path(package_bundle.package(str(repo_root / "bundles" / name), str(tmp_path)))
     assert archive.read_bytes() == again.read_bytes()
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()

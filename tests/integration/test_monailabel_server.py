@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -108,21 +109,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def server(repo_root, bundles_dir, studies, tmp_path_factory):
-    """``monailabel start_server`` in its own process group; yields ``(client, log path)``. At the end the whole
-    group (server, training subprocesses) is stopped and checked gone."""
+@contextmanager
+def monailabel_server(repo_root: Path, app: Path, studies: Path, conf: dict, log: Path):
+    """``monailabel start_server`` on 127.0.0.1 in its own process group; yields a client once ``/info`` answers.
+    On exit the whole group (server, training subprocesses) is stopped and checked gone."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = dict(os.environ)
     env["MONAILABEL_PYEXE"] = sys.executable
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(repo_root / "tests" / "monailabel_site")  # torchvision stand-in, see sitecustomize.py
     env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
-    command = [str(Path(sys.executable).parent / "monailabel"), "start_server",
-               "--app", str(repo_root / "apps" / "sam_bundles"), "--studies", str(studies),
-               "--host", "127.0.0.1", "--port", str(port),
-               "--conf", "bundles_dir", str(bundles_dir), "--conf", "embedding_cache_mb", "512"]
+    command = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(app),
+               "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    for key, value in conf.items():
+        command += ["--conf", key, str(value)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     client = client_module.MONAILabelClient(f"http://127.0.0.1:{port}", tmpdir=str(log.parent))
@@ -138,7 +138,7 @@ def server(repo_root, bundles_dir, studies, tmp_path_factory):
                 if time.time() > deadline:
                     pytest.fail(f"monailabel did not answer within {SERVER_START_S} s:\n{log.read_text()[-4000:]}")
                 time.sleep(2)
-        yield client, log
+        yield client
     finally:
         pgid = process.pid
         if _group_alive(pgid):
@@ -151,6 +151,15 @@ def server(repo_root, bundles_dir, studies, tmp_path_factory):
                 os.killpg(pgid, signal.SIGKILL)
         process.wait(timeout=30)
         assert not _group_alive(pgid), "a process started by the MONAI Label server outlived it"
+
+
+@pytest.fixture(scope="module")
+def server(repo_root, bundles_dir, studies, tmp_path_factory):
+    """The project's app (apps/sam_bundles) over the test bundles; yields ``(client, log path)``."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    conf = {"bundles_dir": bundles_dir, "embedding_cache_mb": 512}
+    with monailabel_server(repo_root, repo_root / "apps" / "sam_bundles", studies, conf, log) as client:
+        yield client, log
 
 
 def label_map(path: str) -> nib.Nifti1Image:
@@ -177,7 +186,7 @@ def pancreas_clicks(label: np.ndarray, count: int = 3) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------------------- tests
-def test_info_lists_every_bundle(server):
+def test_info_lists_every_bundle(server, bundles_dir):
     client, _ = server
     info = client.info()
     models = info["models"]
@@ -185,7 +194,9 @@ def test_info_lists_every_bundle(server):
     assert models["medsam"]["type"] == "segmentation" and models["medsam"]["prompts"] == ["boxes", "box_labels"]
     assert models["3dsam_pancreas"]["type"] == "deepgrow" and models["3dsam_pancreas"]["prompts"] == ["points"]
     assert models["msa"]["type"] == "deepgrow" and models["msa"]["prompts"] == ["points", "point_labels"]
-    assert all(m["dimension"] == 3 and m["version"] == "0.1.0" for m in models.values())
+    for name, model in models.items():
+        meta = json.loads((bundles_dir / name / "configs" / "metadata.json").read_text())
+        assert model["dimension"] == 3 and model["version"] == meta["version"]
     assert models["3dsam_pancreas"]["labels"] == {"target": 1}
     assert set(info["trainers"]) == {"medsam", "3dsam_pancreas", "msa"}
 
@@ -284,3 +295,23 @@ def test_train_one_tiny_epoch(server, bundles_dir):
     assert model_file.stat().st_mtime > started
     after = load_strict(model_file, build_sam3d_adapter(**SAM3D_TINY))
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_stock_monaibundle_app_loads_local_bundles(repo_root, bundles_dir, studies, tmp_path):
+    """The README recipe for MONAI Label's own ``monaibundle`` sample app: bundle folders linked into
+    ``apps/monaibundle/model/``, ``zoo_source github`` (no model-zoo lookup), ``sam2 false`` (no SAM2 download)."""
+    monailabel = Path(sys.executable).parent / "monailabel"
+    subprocess.run([str(monailabel), "apps", "--download", "--name", "monaibundle", "--output", str(tmp_path / "apps")],
+                   check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "MONAILABEL_PYEXE": sys.executable,
+                        "PYTHONPATH": str(repo_root / "tests" / "monailabel_site")})
+    app = tmp_path / "apps" / "monaibundle"
+    (app / "model").mkdir(exist_ok=True)
+    for name in ("medsam", "3dsam_pancreas"):
+        (app / "model" / name).symlink_to(bundles_dir / name, target_is_directory=True)
+    conf = {"models": "medsam,3dsam_pancreas", "zoo_source": "github", "sam2": "false"}
+    with monailabel_server(repo_root, app, studies, conf, tmp_path / "stock.log") as client:
+        info = client.info()
+    assert set(info["models"]) == {"medsam", "3dsam_pancreas"}
+    assert set(info["trainers"]) == {"medsam", "3dsam_pancreas"}
+    assert "prompts" not in info["models"]["medsam"]  # the stock task cannot hand prompts to the inferer
