@@ -1,0 +1,88 @@
+"""MONAI Label request prompts -> bundle inputs, and the stack embedding cache (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.label.cache import StackEmbeddingCache, cache_image_embeddings
+from common.label.prompts import request_prompts, roi_to_box
+
+BOXES = ("boxes", "box_labels")
+POINTS_ONLY = ("points",)
+POINTS = ("points", "point_labels")
+
+
+def test_roi_from_slicer_is_sorted_per_axis():
+    # Slicer rounds the ROI's RAS corners to IJK: an axis flipped between RAS and the file comes reversed
+    assert roi_to_box([30, 68, 67, 47, 2, 19]) == [30, 47, 2, 68, 67, 19]
+    assert roi_to_box([30.4, 68.6, 47, 67, 2, 19]) == [30, 47, 2, 69, 67, 19]
+    with pytest.raises(ValueError, match="6 voxel indices"):
+        roi_to_box([1, 2, 3, 4])
+
+
+def test_box_model_takes_the_roi():
+    assert request_prompts({"roi": [1, 5, 2, 6, 3, 7], "foreground": [[1, 1, 1]]}, BOXES, "medsam") == {
+        "boxes": [[1, 2, 3, 5, 6, 7]], "box_labels": [1]}
+    with pytest.raises(ValueError, match="medsam is box-prompted"):
+        request_prompts({"foreground": [[1, 2, 3]]}, BOXES, "medsam")
+
+
+def test_click_models():
+    request = {"foreground": [[1, 2, 3], [4, 5, 6]], "background": [[7, 8, 9]]}
+    assert request_prompts(request, POINTS, "msa") == {
+        "points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "point_labels": [1, 1, 0]}
+    assert request_prompts({"foreground": [[1, 2, 3]], "background": []}, POINTS_ONLY, "3dsam") == {
+        "points": [[1, 2, 3]]}
+    with pytest.raises(ValueError, match="foreground clicks only; remove the 1 background"):
+        request_prompts(request, POINTS_ONLY, "3dsam")
+    with pytest.raises(ValueError, match="at least one foreground click"):
+        request_prompts({"background": [[7, 8, 9]]}, POINTS, "msa")
+    with pytest.raises(ValueError, match=r"voxel index \[i, j, k\]"):
+        request_prompts({"foreground": [[1, 2]]}, POINTS, "msa")
+
+
+class CountingEncoder:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return images.mean(dim=0, keepdim=True).expand(len(images), -1, -1, -1) * 2  # mixes the stack, like MSA
+
+
+def test_stack_cache_keys_the_whole_stack():
+    encoder = CountingEncoder()
+    cache = StackEmbeddingCache(encoder, max_bytes=10**6)
+    a, b = torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4)
+    first = cache(torch.cat([a, b]))
+    again = cache(torch.cat([a, b]))
+    other = cache(torch.cat([a, torch.zeros_like(b)]))  # same first slice, different neighbour
+    assert encoder.calls == 2 and (cache.hits, cache.misses) == (1, 2)
+    torch.testing.assert_close(again, first)
+    assert not torch.equal(other[0], first[0])
+
+
+def test_stack_cache_memory_bound_drops_least_recent():
+    encoder = CountingEncoder()
+    one = 4 * 1 * 1 * 8 * 8  # bytes of one (1, 1, 8, 8) float embedding
+    cache = StackEmbeddingCache(encoder, max_bytes=2 * one)
+    x, y, z = (torch.full((1, 1, 8, 8), float(v)) for v in (1, 2, 3))
+    cache(x), cache(y), cache(x), cache(z)  # x used last before z arrives: y is dropped
+    assert cache.stored_bytes <= 2 * one and encoder.calls == 3
+    cache(x)
+    assert encoder.calls == 3
+    cache(y)
+    assert encoder.calls == 4
+
+
+def test_cache_wraps_encode_once_and_skips_models_without_it():
+    class WithEncode(torch.nn.Module):
+        def encode(self, images):
+            return images + 1
+
+    model = WithEncode()
+    cache = cache_image_embeddings(model, 10**6)
+    assert isinstance(cache, StackEmbeddingCache) and cache_image_embeddings(model, 10**6) is cache
+    torch.testing.assert_close(model.encode(torch.zeros(1, 1, 2, 2)), torch.ones(1, 1, 2, 2))
+    assert cache_image_embeddings(torch.nn.Linear(2, 2), 10**6) is None
