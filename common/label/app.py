@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
@@ -63,7 +64,7 @@ class SamBundlesApp(MONAILabelApp):
             conf=conf,
             name="SAM medical bundles",
             description="Segment Anything adaptations (MedSAM, 3DSAM-adapter, MSA) with clicks and ROI boxes",
-            version="0.1.0",
+            version=importlib_metadata.version("sam-medical-bundles"),
         )
 
     def init_infers(self):

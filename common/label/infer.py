@@ -14,7 +14,6 @@ Requests to one model run one at a time (the network, its embedding cache and th
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 
@@ -26,11 +25,9 @@ from monai.transforms import CastToTyped, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from common.label.cache import cache_image_embeddings
+from common.label.cache import StackEmbeddingCache, cache_image_embeddings
 from common.label.prompts import PROMPT_KEYS, request_prompts
 from common.transforms.io import AtomicSaveImaged
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_MB = 2048
 
@@ -68,7 +65,7 @@ class PromptedBundleInferTask(BundleInferTask):
         self.labels = {name: 1 for name in names} or {"foreground": 1}
         self.cache_bytes = int(float(conf.get("embedding_cache_mb", DEFAULT_CACHE_MB)) * 2**20)
         self.description = f"{self.description} Prompts: {', '.join(self.prompt_keys)}."
-        self.embedding_caches: dict[str, object] = {}
+        self.embedding_caches: dict[str, StackEmbeddingCache] = {}
 
     def info(self):
         info = super().info()
@@ -114,7 +111,7 @@ class PromptedBundleInferTask(BundleInferTask):
             result_json["embedding_cache"] = {"hits": cache.hits, "misses": cache.misses}
         return result_file, result_json
 
-    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+    def run_inferer(self, data, convert_to_batch=True, device="cpu"):
         """The bundle's inferer on the preprocessed image, with its prompt tensors as keyword inputs."""
         inferer = self.inferer(data)
         network = self._get_network(device, data)

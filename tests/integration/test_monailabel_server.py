@@ -40,7 +40,9 @@ LIVER, PANCREAS = 5, 7
 MSA_SLICES = 16
 SERVER_START_S = 240
 TRAIN_TIMEOUT_S = 420
-MEDSAM_LIVER_DICE_MIN = 0.85  # the bundle's own zero-shot liver Dice on this volume is ~0.9 (docs/zero_shot_dice.json)
+# measured 0.9063 through the server (= the bundle's inference.json, voxel for voxel); evaluate.json's propagation
+# protocol gives 0.9155 on this volume (docs/zero_shot_dice.json). A drop of more than ~0.015 fails.
+MEDSAM_LIVER_DICE_MIN = 0.89
 TINY_CONFIGS = {
     "3dsam_pancreas": {
         "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
