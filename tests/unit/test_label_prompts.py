@@ -1,4 +1,4 @@
-"""MONAI Label request prompts -> bundle inputs, and the stack embedding cache (no server needed)."""
+"""MONAI Label request prompts -> bundle inputs, the stack embedding cache, and bundle discovery (no server)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,17 @@ def test_cache_wraps_encode_once_and_skips_models_without_it():
     assert isinstance(cache, StackEmbeddingCache) and cache_image_embeddings(model, 10**6) is cache
     torch.testing.assert_close(model.encode(torch.zeros(1, 1, 2, 2)), torch.ones(1, 1, 2, 2))
     assert cache_image_embeddings(torch.nn.Linear(2, 2), 10**6) is None
+
+
+def test_find_bundles(tmp_path):
+    app = pytest.importorskip("common.label.app", reason="needs the monailabel extra")
+    for name, files in {"with_weights": ["configs/inference.json", "models/model.pt"],
+                        "no_weights": ["configs/inference.json"]}.items():
+        for file in files:
+            (tmp_path / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / file).write_text("{}")
+    assert app.find_bundles(tmp_path) == {"with_weights": str(tmp_path / "with_weights")}
+    with pytest.raises(FileNotFoundError, match=r"bundle 'no_weights': .*models/model.pt not found"):
+        app.find_bundles(tmp_path, "with_weights, no_weights")
+    with pytest.raises(FileNotFoundError, match="bundles_dir not found"):
+        app.find_bundles(tmp_path / "missing")
