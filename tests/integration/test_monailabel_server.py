@@ -160,7 +160,9 @@ def server(repo_root, bundles_dir, studies, tmp_path_factory):
     """The project's app (apps/sam_bundles) over the test bundles; yields ``(client, log path)``."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     conf = {"bundles_dir": bundles_dir, "embedding_cache_mb": 512}
-    with monailabel_server(repo_root, repo_root / "apps" / "sam_bundles", studies, conf, log) as client:
+    # a copy of the app folder: monailabel creates logs/, model/, lib/ and bin/ inside the app it starts
+    app = shutil.copytree(repo_root / "apps" / "sam_bundles", log.parent / "sam_bundles")
+    with monailabel_server(repo_root, app, studies, conf, log) as client:
         yield client, log
 
 
