@@ -9,7 +9,8 @@ from the configs' ``common.*`` references and the modules' own imports). Run fro
 ``python -m monai.bundle run --config_file configs/inference.json`` then imports ``common`` from there. The
 packaged ``metadata.json`` replaces the dependency on this project's package by the third-party packages the
 vendored code imports, at the versions installed here. Weights listed in ``large_files.yml`` are left out
-(``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs.
+(``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs; any other
+file over 25 MB is an error.
 The archive is deterministic: sorted entries, fixed timestamps and permissions.
 """
 
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGE = "sam-medical-bundles"
 ZIP_TIME = (2022, 5, 30, 0, 0, 0)  # model-zoo's fixed stamp (ci/update_model_info.py touches 202205300000)
 SKIPPED_DIRS = {"eval", "runs", "__pycache__", ".pytest_cache"}
+MAX_PACKED_BYTES = 25 * 2**20  # model-zoo rule: larger files go to large_files.yml
 # import name -> distribution name, for what `common` imports (monai, torch and numpy have their own metadata keys)
 DISTRIBUTIONS = {"nibabel": "nibabel", "itk": "itk", "ignite": "pytorch-ignite", "scipy": "scipy",
                  "SimpleITK": "SimpleITK", "pydicom": "pydicom", "tqdm": "tqdm", "fire": "fire",
@@ -134,6 +136,9 @@ def bundle_entries(bundle: Path) -> dict[str, bytes]:
         relative = file.relative_to(bundle).as_posix()
         if not file.is_file() or SKIPPED_DIRS & set(file.relative_to(bundle).parts) or relative in skipped_files:
             continue
+        if file.stat().st_size > MAX_PACKED_BYTES:
+            raise ValueError(f"{file} is over 25 MB: list it in {bundle / 'large_files.yml'} (url + sha256) "
+                             "instead of packing it")
         entries[f"{name}/{relative}"] = file.read_bytes()
     files, third_party = import_closure(config_modules(bundle))
     for file in files:
@@ -158,8 +163,9 @@ def package(bundle: str, output_dir: str = "dist") -> str:
         raise FileNotFoundError(f"not a bundle (no configs/metadata.json): {bundle_dir}")
     version = json.loads(meta_file.read_text())["version"]
     target = Path(output_dir) / f"{bundle_dir.name}_v{version}.zip"
+    entries = bundle_entries(bundle_dir)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for arcname, data in sorted(bundle_entries(bundle_dir).items()):
+        for arcname, data in sorted(entries.items()):
             info = zipfile.ZipInfo(arcname, date_time=ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -65,6 +66,17 @@ def test_zip_layout_and_determinism(repo_root, zips, name, tmp_path):
                        in names for d in range(2, len(parts) + 1)), reference
     assert "sam-medical-bundles" not in meta["required_packages_version"]
     assert {"nibabel", "itk", "pytorch-ignite", "fire"} <= set(meta["required_packages_version"])
+
+
+def test_unlisted_large_file_is_refused(repo_root, tmp_path):
+    bundle = tmp_path / "msa"
+    shutil.copytree(repo_root / "bundles" / "msa", bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    (bundle / "models").mkdir()
+    with open(bundle / "models" / "model.pt", "wb") as handle:
+        handle.truncate(26 * 2**20)
+    with pytest.raises(ValueError, match="over 25 MB: list it in .*large_files.yml"):
+        package_bundle.package(str(bundle), str(tmp_path / "dist"))
+    assert not (tmp_path / "dist").exists()
 
 
 def test_large_files_yml_matches_the_published_weights(repo_root):
