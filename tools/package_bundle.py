@@ -103,6 +103,8 @@ def import_closure(roots: set[str]) -> tuple[list[Path], set[str]]:
                     stack.append(imported)
                 elif top in DISTRIBUTIONS or top in CORE:
                     third_party.add(top)
+                elif top not in sys.stdlib_module_names:
+                    raise ValueError(f"{file} imports '{top}', which has no distribution name in DISTRIBUTIONS")
     return sorted(files.values()), third_party - CORE
 
 
