@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
+from common.networks.medsam import build_lite_medsam
 from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
@@ -51,17 +52,26 @@ TINY_CONFIGS = {
     },
     "msa": {
         "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": MSA_SLICES, **MSA_TINY},
-        "num_slices": MSA_SLICES, "roi_size": MSA_SLICES, "num_workers": 0,
+        "num_slices": MSA_SLICES, "roi_size": MSA_SLICES, "num_workers": 0, "init_from_sam": False,
+        "val_interval": 1,  # published: every 5 epochs; MONAI Label's 1-epoch run must validate to save
     },
 }
 
 
+SMALL_MEDSAM_TRAINING = {"slices_per_volume": 2, "batch_size": 2, "val_slices_per_structure": 1, "num_workers": 0,
+                         "cache_rate": 0.0}
+NETWORKS = {"3dsam_pancreas": lambda: build_sam3d_adapter(**SAM3D_TINY),
+            "msa": lambda: build_msa(num_slices=MSA_SLICES, **MSA_TINY),
+            "medsam": build_lite_medsam}
+
+
 # ---------------------------------------------------------------------------------------------------------- fixtures
-def tiny_bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: dict) -> None:
-    """``repo_bundle`` copied to ``target`` with the configs MONAI Label reads (inference.json, train.json)
-    rewritten by ``overrides``, and ``weights`` saved as ``models/model.pt``."""
+def bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: dict,
+                configs: tuple[str, ...] = ("inference.json", "train.json")) -> None:
+    """``repo_bundle`` copied to ``target`` with the ``configs`` MONAI Label reads rewritten by ``overrides`` (keys
+    they define), and ``weights`` saved as ``models/model.pt``."""
     shutil.copytree(repo_bundle, target, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    for name in ("inference.json", "train.json"):
+    for name in configs:
         parser = ConfigParser()
         parser.read_config(str(target / "configs" / name))
         for key, value in overrides.items():
@@ -75,14 +85,14 @@ def tiny_bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: 
 @pytest.fixture(scope="module")
 def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("label_bundles")
-    shutil.copytree(repo_root / "bundles" / "medsam", root / "medsam", ignore=shutil.ignore_patterns("models", "eval"))
-    (root / "medsam" / "models").mkdir()
-    shutil.copyfile(litemedsam_weights, root / "medsam" / "models" / "model.pt")
+    # MedSAM: the real weights and inference config; a small training run (2 slices per volume)
+    bundle_copy(repo_root / "bundles" / "medsam", root / "medsam", SMALL_MEDSAM_TRAINING,
+                torch.load(str(litemedsam_weights), weights_only=True), configs=("train.json",))
     torch.manual_seed(0)
-    tiny_bundle_copy(repo_root / "bundles" / "3dsam_pancreas", root / "3dsam_pancreas", TINY_CONFIGS["3dsam_pancreas"],
-                     build_sam3d_adapter(**SAM3D_TINY).state_dict())
-    tiny_bundle_copy(repo_root / "bundles" / "msa", root / "msa", TINY_CONFIGS["msa"],
-                     build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict())
+    bundle_copy(repo_root / "bundles" / "3dsam_pancreas", root / "3dsam_pancreas", TINY_CONFIGS["3dsam_pancreas"],
+                build_sam3d_adapter(**SAM3D_TINY).state_dict())
+    bundle_copy(repo_root / "bundles" / "msa", root / "msa", TINY_CONFIGS["msa"],
+                build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict())
     return root
 
 
@@ -280,12 +290,13 @@ def test_four_concurrent_requests(server, ct3):
         np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), expected)
 
 
-def test_train_one_tiny_epoch(server, bundles_dir):
+@pytest.mark.parametrize("model", ["3dsam_pancreas", "msa", "medsam"])
+def test_train_one_epoch(server, bundles_dir, model):
     client, log = server
-    model_file = bundles_dir / "3dsam_pancreas" / "models" / "model.pt"
+    model_file = bundles_dir / model / "models" / "model.pt"
     before = torch.load(str(model_file), weights_only=True)
     started = time.time()
-    client.train_start("3dsam_pancreas", {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False})
+    client.train_start(model, {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False})
     deadline = started + TRAIN_TIMEOUT_S
     while True:
         status = client.train_status(check_if_running=False)
@@ -297,7 +308,7 @@ def test_train_one_tiny_epoch(server, bundles_dir):
         time.sleep(3)
     assert status["status"] == "DONE", json.dumps(status)[-4000:]
     assert model_file.stat().st_mtime > started
-    after = load_strict(model_file, build_sam3d_adapter(**SAM3D_TINY))
+    after = load_strict(model_file, NETWORKS[model]())
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
