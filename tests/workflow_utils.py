@@ -11,11 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 
@@ -77,6 +79,19 @@ def run_workflow(wf: ConfigWorkflow) -> ConfigWorkflow:
     return wf
 
 
+def run_recording_cases(wf: ConfigWorkflow, per_case) -> list:
+    """Run an initialised evaluation workflow (then always finalize), collecting ``per_case(batch_item,
+    output_item)`` for every case; the evaluator's batch and output are decollated, one dict per case."""
+    seen = []
+    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: seen.extend(
+        per_case(b, o) for b, o in zip(engine.state.batch, engine.state.output)))
+    try:
+        wf.run()
+    finally:
+        wf.finalize()
+    return seen
+
+
 def run_inference(configs: Path, out_dir: Path, input_dict: dict | None = None, extra=(), **override) -> ConfigWorkflow:
     """Run ``inference.json`` (plus ``extra`` config files) writing to ``out_dir``."""
     override["output_dir"] = str(out_dir)
@@ -104,6 +119,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 0.0) -> None:
+    """Stop ``process`` and everything in its session (started with ``start_new_session=True``): SIGTERM and up to
+    ``grace_s`` seconds to exit, then SIGKILL; waits until the group is gone."""
+    pgid = process.pid
+    if grace_s > 0 and process_group_alive(pgid):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        while process_group_alive(pgid) and time.time() < deadline:
+            time.sleep(0.5)
+            process.poll()
+    if process_group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def run_bundle_torchrun(config_files, overrides: dict, cwd: Path, nproc: int = 2, timeout: float = 300) -> str:
     """``torchrun -m monai.bundle run`` with ``nproc`` CPU processes (gloo, 127.0.0.1 only); returns the output.
 
@@ -122,7 +159,7 @@ def run_bundle_torchrun(config_files, overrides: dict, cwd: Path, nproc: int = 2
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, which this call started
+        stop_process_group(proc)  # the launcher and its workers, which this call started
         output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {timeout} s:\n{output[-4000:]}")
     assert proc.returncode == 0, output[-6000:]

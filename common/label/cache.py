@@ -27,6 +27,7 @@ class StackEmbeddingCache:
         self.encode = encode
         self.max_bytes = int(max_bytes)
         self.store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.stored_bytes = 0
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
@@ -36,10 +37,6 @@ class StackEmbeddingCache:
         digest = hashlib.sha1(f"{tuple(images.shape)}{images.dtype}".encode())
         digest.update(images.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in self.store.values())
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -52,11 +49,12 @@ class StackEmbeddingCache:
         embeddings = self.encode(images)
         with self._lock:
             self.misses += 1
-            self.store[key] = embeddings.detach()
-            while len(self.store) > 1 and self.stored_bytes > self.max_bytes:
-                self.store.popitem(last=False)
-            if self.stored_bytes > self.max_bytes:
-                self.store.clear()
+            if key not in self.store:  # another thread may have stored it meanwhile
+                self.store[key] = embeddings.detach()
+                self.stored_bytes += embeddings.element_size() * embeddings.nelement()
+            while self.store and self.stored_bytes > self.max_bytes:
+                _, dropped = self.store.popitem(last=False)
+                self.stored_bytes -= dropped.element_size() * dropped.nelement()
         return embeddings
 
 

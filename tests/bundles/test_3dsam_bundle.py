@@ -33,6 +33,7 @@ from workflow_utils import (
     read_metrics_rows,
     run_bundle_torchrun,
     run_inference,
+    run_recording_cases,
     save_weights,
 )
 
@@ -187,17 +188,8 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path, datalis
                        target_name="pancreas", **{**data_override(dataset, datalist), **override})
     wf.initialize()
     assert checked_properties(wf) == []
-    seen = []
-
-    def record(engine):  # batch and output are decollated: one dict per case
-        seen.extend((tuple(o["pred"].shape), tuple(o["label"].shape), b["points"].tolist())
-                    for b, o in zip(engine.state.batch, engine.state.output))
-
-    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)
-    try:
-        wf.run()
-    finally:
-        wf.finalize()
+    seen = run_recording_cases(wf, lambda b, o: (tuple(o["pred"].shape), tuple(o["label"].shape),
+                                                 b["points"].tolist()))
     return wf, seen
 
 

@@ -32,6 +32,7 @@ from workflow_utils import (
     make_workflow,
     read_metrics_rows,
     run_bundle_torchrun,
+    run_recording_cases,
     save_weights,
 )
 
@@ -226,17 +227,9 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path):
     wf = evaluate_workflow(configs, dataset, weights, out)
     wf.initialize()
     assert checked_properties(wf) == []
-    seen = []
-
-    def record(engine):  # batch and output are decollated: one dict per case
-        seen.extend((tuple(o["pred"].shape), tuple(o["label"].shape), set(torch.unique(o["pred"]).tolist()),
-                     torch.as_tensor(b["clicks"]).clone()) for b, o in zip(engine.state.batch, engine.state.output))
-
-    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)
-    try:
-        wf.run()
-    finally:
-        wf.finalize()
+    seen = run_recording_cases(wf, lambda b, o: (tuple(o["pred"].shape), tuple(o["label"].shape),
+                                                 set(torch.unique(o["pred"]).tolist()),
+                                                 torch.as_tensor(b["clicks"]).clone()))
     return wf, seen
 
 

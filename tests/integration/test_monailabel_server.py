@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,16 @@ from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
-from workflow_utils import box_of, dice, free_port, load_strict, run_inference, save_weights
+from workflow_utils import (
+    box_of,
+    dice,
+    free_port,
+    load_strict,
+    process_group_alive,
+    run_inference,
+    save_weights,
+    stop_process_group,
+)
 
 client_module = pytest.importorskip("monailabel.client", reason="needs the monailabel extra: pip install .[monailabel]")
 ClientError = client_module.client.MONAILabelClientException
@@ -113,14 +121,6 @@ def studies(totalseg_dir, tmp_path_factory) -> Path:
     return root
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @contextmanager
 def monailabel_server(repo_root: Path, app: Path, studies: Path, conf: dict, log: Path):
     """``monailabel start_server`` on 127.0.0.1 in its own process group; yields a client once ``/info`` answers.
@@ -152,17 +152,9 @@ def monailabel_server(repo_root: Path, app: Path, studies: Path, conf: dict, log
                 time.sleep(2)
         yield client
     finally:
-        pgid = process.pid
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
-            deadline = time.time() + 30
-            while _group_alive(pgid) and time.time() < deadline:
-                time.sleep(0.5)
-                process.poll()
-            if _group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
+        stop_process_group(process, grace_s=30)
         process.wait(timeout=30)
-        assert not _group_alive(pgid), "a process started by the MONAI Label server outlived it"
+        assert not process_group_alive(process.pid), "a process started by the MONAI Label server outlived it"
 
 
 @pytest.fixture(scope="module")
