@@ -41,7 +41,10 @@ def prompt_for(model_info: dict, mask: np.ndarray) -> dict:
 def benchmark(server: str, model: str, image: str, label: str, label_value: int, repeats: int = 3,
               output_md: str | None = None) -> list[dict]:
     client = MONAILabelClient(server)
-    info = client.info()["models"][model]
+    models = client.info()["models"]
+    if model not in models:
+        raise ValueError(f"model '{model}' is not served by {server}; it serves {sorted(models)}")
+    info = models[model]
     mask = np.asarray(nib.load(label).dataobj) == label_value
     params = prompt_for(info, mask)
     rows = []
