@@ -5,7 +5,6 @@ and fake networks that configs can name as ``workflow_utils.ForegroundCube`` / `
 from __future__ import annotations
 
 import csv
-
 import os
 import signal
 import socket
@@ -57,8 +56,9 @@ def box_of(mask: np.ndarray) -> list[int]:
 def make_workflow(configs: Path, files, workflow_type: str, **override) -> ConfigWorkflow:
     """``ConfigWorkflow`` over ``configs/<file>`` for each of ``files`` (one name or a list), without logging setup."""
     files = [files] if isinstance(files, str) else list(files)
-    return ConfigWorkflow(config_file=[str(configs / f) for f in files], workflow_type=workflow_type,
-                          logging_file=False, **override)
+    return ConfigWorkflow(
+        config_file=[str(configs / f) for f in files], workflow_type=workflow_type, logging_file=False, **override
+    )
 
 
 def checked_properties(wf: ConfigWorkflow):
@@ -83,8 +83,10 @@ def run_recording_cases(wf: ConfigWorkflow, per_case) -> list:
     """Run an initialised evaluation workflow (then always finalize), collecting ``per_case(batch_item,
     output_item)`` for every case; the evaluator's batch and output are decollated, one dict per case."""
     seen = []
-    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: seen.extend(
-        per_case(b, o) for b, o in zip(engine.state.batch, engine.state.output)))
+    wf.evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda engine: seen.extend(per_case(b, o) for b, o in zip(engine.state.batch, engine.state.output)),
+    )
     try:
         wf.run()
     finally:
@@ -148,14 +150,38 @@ def run_bundle_torchrun(config_files, overrides: dict, cwd: Path, nproc: int = 2
     started (launcher and workers) is killed.
     """
     files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--local_addr", "127.0.0.1",
-               "-m", "monai.bundle", "run", "--config_file", files, "--logging_file", "False"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "--local_addr",
+        "127.0.0.1",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--logging_file",
+        "False",
+    ]
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

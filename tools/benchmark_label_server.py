@@ -38,8 +38,9 @@ def prompt_for(model_info: dict, mask: np.ndarray) -> dict:
     return {"foreground": [[int(v) for v in p] for p in picks], "background": []}
 
 
-def benchmark(server: str, model: str, image: str, label: str, label_value: int, repeats: int = 3,
-              output_md: str | None = None) -> list[dict]:
+def benchmark(
+    server: str, model: str, image: str, label: str, label_value: int, repeats: int = 3, output_md: str | None = None
+) -> list[dict]:
     client = MONAILabelClient(server)
     models = client.info()["models"]
     if model not in models:
@@ -51,14 +52,27 @@ def benchmark(server: str, model: str, image: str, label: str, label_value: int,
     for index in range(repeats):
         start = time.perf_counter()
         _, result = client.infer(model, image, dict(params))
-        rows.append({"request": index + 1, "wall_s": time.perf_counter() - start,
-                     "infer_s": result["latencies"]["infer"], **result.get("embedding_cache", {})})
+        rows.append(
+            {
+                "request": index + 1,
+                "wall_s": time.perf_counter() - start,
+                "infer_s": result["latencies"]["infer"],
+                **result.get("embedding_cache", {}),
+            }
+        )
         print(rows[-1])
     if output_md:
-        lines = [f"Model `{model}`, image `{image}`, prompt {params}, server {server}.", "",
-                 "| request | wall (s) | server infer (s) | cache hits | cache misses |", "|---|---|---|---|---|"]
-        lines += [f"| {r['request']} | {r['wall_s']:.2f} | {r['infer_s']:.2f} | {r.get('hits', '-')} | "
-                  f"{r.get('misses', '-')} |" for r in rows]
+        lines = [
+            f"Model `{model}`, image `{image}`, prompt {params}, server {server}.",
+            "",
+            "| request | wall (s) | server infer (s) | cache hits | cache misses |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['request']} | {r['wall_s']:.2f} | {r['infer_s']:.2f} | {r.get('hits', '-')} | "
+            f"{r.get('misses', '-')} |"
+            for r in rows
+        ]
         write_text_atomic(output_md, "\n".join(lines) + "\n")
     return rows
 

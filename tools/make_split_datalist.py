@@ -27,22 +27,27 @@ LIST_KEYS = {"train": "training", "val": "validation", "test": "test"}
 def split_datalist(splits: dict, dataset: str) -> dict[str, list[dict[str, str]]]:
     """``{"training"|"validation"|"test": [{"image": "imagesTr/<case>.nii.gz", "label": "labelsTr/..."}]}``."""
     if dataset not in MSD_DATASETS:
-        raise ValueError(f"dataset {dataset!r} is not supported: only the MSD-layout datasets {MSD_DATASETS} map to "
-                         f"imagesTr/labelsTr (kits and lits use their own folder layouts).")
+        raise ValueError(
+            f"dataset {dataset!r} is not supported: only the MSD-layout datasets {MSD_DATASETS} map to "
+            f"imagesTr/labelsTr (kits and lits use their own folder layouts)."
+        )
     if dataset not in splits:
         raise KeyError(f"the split file has no dataset {dataset!r} (found {sorted(splits)}).")
     missing = [part for part in LIST_KEYS if part not in splits[dataset]]
     if missing:
-        raise KeyError(f"the split of {dataset!r} lacks {missing} (expected {list(LIST_KEYS)}, found "
-                       f"{sorted(splits[dataset])}).")
+        raise KeyError(
+            f"the split of {dataset!r} lacks {missing} (expected {list(LIST_KEYS)}, found {sorted(splits[dataset])})."
+        )
     seen: dict[str, str] = {}
     for part in LIST_KEYS:
         for case in splits[dataset][part]:
             if seen.setdefault(case, part) != part:
                 raise ValueError(f"case {case!r} of {dataset!r} is in both {seen[case]!r} and {part!r}.")
     return {
-        key: [{"image": f"imagesTr/{case}.nii.gz", "label": f"labelsTr/{case}.nii.gz"}
-              for case in sorted(splits[dataset][part])]
+        key: [
+            {"image": f"imagesTr/{case}.nii.gz", "label": f"labelsTr/{case}.nii.gz"}
+            for case in sorted(splits[dataset][part])
+        ]
         for part, key in LIST_KEYS.items()
     }
 

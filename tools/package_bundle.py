@@ -36,9 +36,17 @@ ZIP_TIME = (2022, 5, 30, 0, 0, 0)  # model-zoo's fixed stamp (ci/update_model_in
 SKIPPED_DIRS = {"eval", "runs", "__pycache__", ".pytest_cache"}
 MAX_PACKED_BYTES = 25 * 2**20  # model-zoo rule: larger files go to large_files.yml
 # import name -> distribution name, for what `common` imports (monai, torch and numpy have their own metadata keys)
-DISTRIBUTIONS = {"nibabel": "nibabel", "itk": "itk", "ignite": "pytorch-ignite", "scipy": "scipy",
-                 "SimpleITK": "SimpleITK", "pydicom": "pydicom", "tqdm": "tqdm", "fire": "fire",
-                 "yaml": "pyyaml"}
+DISTRIBUTIONS = {
+    "nibabel": "nibabel",
+    "itk": "itk",
+    "ignite": "pytorch-ignite",
+    "scipy": "scipy",
+    "SimpleITK": "SimpleITK",
+    "pydicom": "pydicom",
+    "tqdm": "tqdm",
+    "fire": "fire",
+    "yaml": "pyyaml",
+}
 CORE = {"monai", "torch", "numpy", "common"}
 
 
@@ -139,8 +147,9 @@ def bundle_entries(bundle: Path) -> dict[str, bytes]:
         if not file.is_file() or SKIPPED_DIRS & set(file.relative_to(bundle).parts) or relative in skipped_files:
             continue
         if file.stat().st_size > MAX_PACKED_BYTES:
-            raise ValueError(f"{file} is over 25 MB: list it in {bundle / 'large_files.yml'} (url + sha256) "
-                             "instead of packing it")
+            raise ValueError(
+                f"{file} is over 25 MB: list it in {bundle / 'large_files.yml'} (url + sha256) instead of packing it"
+            )
         entries[f"{name}/{relative}"] = file.read_bytes()
     files, third_party = import_closure(config_modules(bundle))
     for file in files:

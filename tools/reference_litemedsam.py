@@ -39,8 +39,10 @@ def _box_256(box_xyxy, height: int, width: int) -> np.ndarray:
 def _box_from_mask_256(mask_256: np.ndarray, shift: int = 3) -> np.ndarray:
     ys, xs = np.where(mask_256 > 0)
     h, w = mask_256.shape
-    return np.array([max(0, xs.min() - shift), max(0, ys.min() - shift), min(w, xs.max() + shift),
-                     min(h, ys.max() + shift)], dtype=np.float32)
+    return np.array(
+        [max(0, xs.min() - shift), max(0, ys.min() - shift), min(w, xs.max() + shift), min(h, ys.max() + shift)],
+        dtype=np.float32,
+    )
 
 
 class ReferenceLiteMedSAM:
@@ -62,10 +64,16 @@ class ReferenceLiteMedSAM:
         self.encoder_calls += 1
         boxes = torch.as_tensor(box_256, dtype=torch.float32, device=device)[None, None]
         sparse, dense = self.model.prompt_encoder(points=None, boxes=boxes, masks=None)
-        low_res, _ = self.model.mask_decoder(image_embeddings=embedding, image_pe=self.model.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=False)
-        low_res = F.interpolate(low_res[:, :, :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False)
+        low_res, _ = self.model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        low_res = F.interpolate(
+            low_res[:, :, :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False
+        )
         return (torch.sigmoid(low_res)[0, 0] > 0.5).cpu().numpy()
 
     def segment_2d_boxes(self, volume_zyx: np.ndarray, boxes, labels) -> np.ndarray:

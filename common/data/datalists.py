@@ -34,8 +34,10 @@ def paired_datalist(dataset_dir: str, image_folder: str = "imagesTr", label_fold
     image_dir, label_dir = root / image_folder, root / label_folder
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {folder} (expected {image_folder}/ and {label_folder}/"
-                                    f" under dataset_dir={dataset_dir})")
+            raise FileNotFoundError(
+                f"dataset folder not found: {folder} (expected {image_folder}/ and {label_folder}/"
+                f" under dataset_dir={dataset_dir})"
+            )
     images, labels = _cases(image_dir), _cases(label_dir)
     missing = sorted(set(images) - set(labels))
     if missing:
@@ -46,7 +48,9 @@ def paired_datalist(dataset_dir: str, image_folder: str = "imagesTr", label_fold
 
 
 def load_datalist(datalist_file: str, key: str = "training", base_dir: str | None = None) -> list[dict]:
-    """Decathlon-style JSON datalist (``{"training": [{"image": ..., "label": ...}]}``), paths relative to ``base_dir``."""
+    """Decathlon-style JSON datalist (``{"training": [{"image": ..., "label": ...}]}``).
+
+    Paths are relative to ``base_dir``."""
     from monai.data import load_decathlon_datalist
 
     if not os.path.isfile(datalist_file):

@@ -26,8 +26,12 @@ class GradientClipHandler:
         norm_type: p of the p-norm.
     """
 
-    def __init__(self, groups: Sequence[torch.nn.Module | Iterable[torch.nn.Parameter]], max_norm: float = 1.0,
-                 norm_type: float = 2.0) -> None:
+    def __init__(
+        self,
+        groups: Sequence[torch.nn.Module | Iterable[torch.nn.Parameter]],
+        max_norm: float = 1.0,
+        norm_type: float = 2.0,
+    ) -> None:
         self.groups = [list(g.parameters() if isinstance(g, torch.nn.Module) else g) for g in groups]
         if not self.groups or any(not g for g in self.groups):
             raise ValueError("GradientClipHandler needs non-empty parameter groups")

@@ -5,6 +5,11 @@ from .probability import ForegroundProbabilitySlidingWindowInferer
 from .structure_clicks import PerStructureSlidingWindowInferer
 
 __all__ = [
-    "BatchChunkInferer", "BoxPropagationInferer", "ForegroundProbabilitySlidingWindowInferer",
-    "PerStructureSlidingWindowInferer", "PointPatchInferer", "SliceEmbeddingCache", "propagation_order",
+    "BatchChunkInferer",
+    "BoxPropagationInferer",
+    "ForegroundProbabilitySlidingWindowInferer",
+    "PerStructureSlidingWindowInferer",
+    "PointPatchInferer",
+    "SliceEmbeddingCache",
+    "propagation_order",
 ]

@@ -65,7 +65,8 @@ class BoxPropagationInferer(Inferer):
     on a given slice); 2D images are volumes with one slice.
 
     Call: ``inferer(inputs, network, boxes, box_labels, box_values=None)`` with ``inputs`` ``(B, C, X, Y, Z)``
-    (or ``(B, C, X, Y)``) in [0, 255] (CT-windowed), ``boxes`` ``(B, N, 6)`` (or ``(B, N, 4)`` for 2D), ``box_labels`` ``(B, N)``.
+    (or ``(B, C, X, Y)``) in [0, 255] (CT-windowed), ``boxes`` ``(B, N, 6)`` (or ``(B, N, 4)`` for 2D),
+    ``box_labels`` ``(B, N)``.
     ``network`` provides ``encode(images)`` and ``decode(embeddings, boxes=...)`` (``common.networks.sam.Sam``).
 
     Returns ``(B, 1, X, Y[, Z])`` int64 label map (later boxes overwrite earlier ones), or with
@@ -82,9 +83,16 @@ class BoxPropagationInferer(Inferer):
         mask_value: ``"label"`` or a number; see above.
     """
 
-    def __init__(self, image_size: int = 256, keep_aspect_ratio: bool = True, box_margin: int = 3,
-                 quantize: bool = True, output: str = "labels", num_channels: int | None = None,
-                 mask_value: str | float = "label"):
+    def __init__(
+        self,
+        image_size: int = 256,
+        keep_aspect_ratio: bool = True,
+        box_margin: int = 3,
+        quantize: bool = True,
+        output: str = "labels",
+        num_channels: int | None = None,
+        mask_value: str | float = "label",
+    ):
         super().__init__()
         if output not in ("labels", "channels"):
             raise ValueError(f"output must be 'labels' or 'channels', got {output!r}")
@@ -97,31 +105,36 @@ class BoxPropagationInferer(Inferer):
         self.last_encoder_calls = 0
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, network, boxes, box_labels=None, box_values=None, *args,
-                 **kwargs) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network, boxes, box_labels=None, box_values=None, *args, **kwargs
+    ) -> torch.Tensor:
         is_2d = inputs.ndim == 4
         volume = inputs[..., None] if is_2d else inputs
         boxes = torch.as_tensor(boxes)
         if boxes.ndim == 2:
             boxes = boxes[None]
         if is_2d and boxes.shape[-1] == 4:
-            boxes = torch.cat([boxes[..., :2], torch.zeros_like(boxes[..., :1]), boxes[..., 2:],
-                               torch.zeros_like(boxes[..., :1])], dim=-1)
+            boxes = torch.cat(
+                [boxes[..., :2], torch.zeros_like(boxes[..., :1]), boxes[..., 2:], torch.zeros_like(boxes[..., :1])],
+                dim=-1,
+            )
         if box_labels is None:
             box_labels = torch.arange(1, boxes.shape[1] + 1).expand(boxes.shape[0], -1)
         box_labels = torch.as_tensor(box_labels).reshape(boxes.shape[0], -1)
         if self.mask_value != "label":
             box_values = torch.full(box_labels.shape, float(self.mask_value))
         box_values = box_labels if box_values is None else torch.as_tensor(box_values).reshape(boxes.shape[0], -1)
-        results = [self._one_volume(volume[b], network, boxes[b], box_labels[b], box_values[b])
-                   for b in range(volume.shape[0])]
+        results = [
+            self._one_volume(volume[b], network, boxes[b], box_labels[b], box_values[b]) for b in range(volume.shape[0])
+        ]
         out = torch.stack(results)
         out = out[..., 0] if is_2d else out
         # Carry the input's meta and transform trace, as a network output would, so Invertd can restore geometry.
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
 
-    def _one_volume(self, volume: torch.Tensor, network, boxes: torch.Tensor, labels: torch.Tensor,
-                    values: torch.Tensor) -> torch.Tensor:
+    def _one_volume(
+        self, volume: torch.Tensor, network, boxes: torch.Tensor, labels: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
         """``(C, X, Y, Z)`` volume -> ``(1, X, Y, Z)`` labels or ``(L, X, Y, Z)`` channels."""
         _, size_x, size_y, size_z = volume.shape
         geometry = SliceGeometry(size_y, size_x, self.image_size, self.keep_aspect_ratio, self.quantize)
@@ -147,8 +160,9 @@ class BoxPropagationInferer(Inferer):
         self.last_encoder_calls = cache.encoder_calls
         return out
 
-    def _propagate(self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network, size_z: int,
-                   mask_value: float) -> torch.Tensor:
+    def _propagate(
+        self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network, size_z: int, mask_value: float
+    ) -> torch.Tensor:
         """Masks of one box along its slices -> ``(X, Y, Z)`` bool."""
         original = geometry.box_to_model([box[0], box[1], box[3], box[4]])
         mid = plan[0]

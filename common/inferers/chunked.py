@@ -36,8 +36,9 @@ class BatchChunkInferer(Inferer):
         outputs = []
         for start in range(0, n, self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            outputs.append(network(inputs[sl], *[part(a, sl) for a in args],
-                                   **{k: part(v, sl) for k, v in kwargs.items()}))
+            outputs.append(
+                network(inputs[sl], *[part(a, sl) for a in args], **{k: part(v, sl) for k, v in kwargs.items()})
+            )
         if len(outputs) == 1:
             return outputs[0]
         if isinstance(outputs[0], (tuple, list)):

@@ -91,12 +91,14 @@ class PointPatchInferer(Inferer):
         if images.ndim != 5:
             raise ValueError(f"PointPatchInferer: inputs must be (B, C, X, Y, Z), got shape {tuple(images.shape)}.")
         if pts.ndim != 3 or pts.shape[0] != images.shape[0] or pts.shape[2] != 3:
-            raise ValueError(f"PointPatchInferer: points must be (B, N, 3) with B = {images.shape[0]}, got shape "
-                             f"{tuple(pts.shape)}.")
+            raise ValueError(
+                f"PointPatchInferer: points must be (B, N, 3) with B = {images.shape[0]}, got shape {tuple(pts.shape)}."
+            )
         counts = self.point_counts or (pts.shape[1],)
         if pts.shape[1] < max(counts):
-            raise ValueError(f"PointPatchInferer: point_counts {counts} needs {max(counts)} points per image, got "
-                             f"{pts.shape[1]}.")
+            raise ValueError(
+                f"PointPatchInferer: point_counts {counts} needs {max(counts)} points per image, got {pts.shape[1]}."
+            )
         self._check_inside(pts, images.shape[2:])
         out = torch.cat([self._predict(images, network, pts[:, :k], *args, **kwargs) for k in counts], dim=1)
         return convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
@@ -107,8 +109,10 @@ class PointPatchInferer(Inferer):
         bad = ~(torch.isfinite(points) & (points >= 0) & (points <= upper)).all(dim=-1)
         if bad.any():
             b, i = (int(v) for v in torch.nonzero(bad)[0])
-            raise ValueError(f"PointPatchInferer: point #{i} {points[b, i].tolist()} of batch item {b} lies outside "
-                             f"the image of spatial shape {tuple(shape)} (voxel indices 0 to {upper.tolist()}).")
+            raise ValueError(
+                f"PointPatchInferer: point #{i} {points[b, i].tolist()} of batch item {b} lies outside "
+                f"the image of spatial shape {tuple(shape)} (voxel indices 0 to {upper.tolist()})."
+            )
 
     def _predict(self, images: torch.Tensor, network, points: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``(B, C, X, Y, Z)``, ``(B, k, 3)`` -> ``(B, 1, X, Y, Z)`` foreground probability."""
@@ -118,7 +122,9 @@ class PointPatchInferer(Inferer):
         logits = network(patches, *args, points=shifted, **kwargs)
         expected = (images.shape[0], 2, self.roi_size, self.roi_size, self.roi_size)
         if tuple(logits.shape) != expected:
-            raise ValueError(f"PointPatchInferer: the network must return logits (B, 2, roi, roi, roi) = {expected}, "
-                             f"got shape {tuple(logits.shape)}.")
+            raise ValueError(
+                f"PointPatchInferer: the network must return logits (B, 2, roi, roi, roi) = {expected}, "
+                f"got shape {tuple(logits.shape)}."
+            )
         probs = torch.softmax(logits, dim=1)[:, 1:2]
         return torch.stack([paste_patch(p, s, images.shape[2:]) for p, s in zip(probs, starts)])

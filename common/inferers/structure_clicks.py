@@ -47,26 +47,32 @@ class PerStructureSlidingWindowInferer(Inferer):
         if int(num_slices) < 1:
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
         self.num_slices = int(num_slices)
-        self.window = SlidingWindowInferer(roi_size=(-1, -1, self.num_slices), sw_batch_size=sw_batch_size,
-                                           overlap=overlap, mode=mode)
+        self.window = SlidingWindowInferer(
+            roi_size=(-1, -1, self.num_slices), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode
+        )
 
     def __call__(self, inputs: torch.Tensor, network, clicks: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         images = _plain(inputs)
         maps = _plain(clicks).to(device=images.device, dtype=images.dtype)
         if images.ndim != 5 or images.shape[1] != 1:
-            raise ValueError(f"PerStructureSlidingWindowInferer: inputs must be (B, 1, X, Y, Z), got shape "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"PerStructureSlidingWindowInferer: inputs must be (B, 1, X, Y, Z), got shape {tuple(images.shape)}"
+            )
         b, _, x, y, z = images.shape
         if maps.ndim != 5 or maps.shape[0] != b or maps.shape[2:] != images.shape[2:] or maps.shape[1] < 1:
-            raise ValueError(f"PerStructureSlidingWindowInferer: clicks must be (B, S, X, Y, Z) = ({b}, S >= 1, {x}, "
-                             f"{y}, {z}) like inputs {tuple(images.shape)}, got {tuple(maps.shape)}")
+            raise ValueError(
+                f"PerStructureSlidingWindowInferer: clicks must be (B, S, X, Y, Z) = ({b}, S >= 1, {x}, "
+                f"{y}, {z}) like inputs {tuple(images.shape)}, got {tuple(maps.shape)}"
+            )
         n_structures = maps.shape[1]
 
         def windowed(joint: torch.Tensor) -> torch.Tensor:
             logits = network(joint[:, :1], *args, condition=joint[:, 1:], **kwargs)
             if logits.shape[1] != n_structures:
-                raise ValueError(f"PerStructureSlidingWindowInferer: the network must return one logit channel per "
-                                 f"click map ({n_structures}), got {logits.shape[1]} channels")
+                raise ValueError(
+                    f"PerStructureSlidingWindowInferer: the network must return one logit channel per "
+                    f"click map ({n_structures}), got {logits.shape[1]} channels"
+                )
             return logits
 
         logits = self.window(torch.cat([images, maps], dim=1), windowed)

@@ -45,8 +45,11 @@ def find_bundles(bundles_dir: str | os.PathLike, models: str | None = None) -> d
                 if not (root / name / required).is_file():
                     raise FileNotFoundError(f"bundle '{name}': {root / name / required} not found")
     else:
-        names = sorted(p.name for p in root.iterdir()
-                       if (p / "configs" / "inference.json").is_file() and (p / "models" / "model.pt").is_file())
+        names = sorted(
+            p.name
+            for p in root.iterdir()
+            if (p / "configs" / "inference.json").is_file() and (p / "models" / "model.pt").is_file()
+        )
         skipped = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names)
         if skipped:
             logger.warning(f"Not serving {skipped}: no configs/inference.json or models/model.pt")

@@ -117,8 +117,10 @@ class PromptedBundleInferTask(BundleInferTask):
         network = self._get_network(device, data)
         target = torch.device(device)
         batch = list_data_collate([{key: data[key] for key in (self.input_key, *self.extra_keys)}])
-        kwargs = {name: batch[key].to(target) if isinstance(batch[key], torch.Tensor) else batch[key]
-                  for key, name in self.extra_keys.items()}
+        kwargs = {
+            name: batch[key].to(target) if isinstance(batch[key], torch.Tensor) else batch[key]
+            for key, name in self.extra_keys.items()
+        }
         inputs = batch[self.input_key].to(target)
         with torch.no_grad():
             outputs = inferer(inputs, network, **kwargs)

@@ -24,7 +24,7 @@ def roi_to_box(roi) -> list[int]:
     values = [int(round(float(v))) for v in roi]
     if len(values) != 6:
         raise ValueError(f"'roi' must hold 6 voxel indices [i0, i1, j0, j1, k0, k1], got {list(roi)}")
-    pairs = [sorted(values[2 * axis: 2 * axis + 2]) for axis in range(3)]
+    pairs = [sorted(values[2 * axis : 2 * axis + 2]) for axis in range(3)]
     return [p[0] for p in pairs] + [p[1] for p in pairs]
 
 

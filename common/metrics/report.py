@@ -31,8 +31,13 @@ def voxel_spacing(affine) -> list[float]:
     return np.linalg.norm(a[:n, :n], axis=0).tolist()
 
 
-def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[float], tolerance_mm: float = 2.0,
-                     use_subvoxels: bool = False):
+def structure_scores(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    spacing: Sequence[float],
+    tolerance_mm: float = 2.0,
+    use_subvoxels: bool = False,
+):
     """Dice and NSD per channel of binary ``(C, X, Y, Z)`` masks -> two lists of C floats (NaN if the target is empty).
 
     ``use_subvoxels=True`` weights surface elements by area as DeepMind's ``surface-distance`` package does (used by
@@ -40,8 +45,14 @@ def structure_scores(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence
     """
     p, t = pred[None].float(), target[None].float()
     dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0]
-    nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * t.shape[1], include_background=True,
-                               spacing=list(spacing), use_subvoxels=use_subvoxels)[0]
+    nsd = compute_surface_dice(
+        p,
+        t,
+        class_thresholds=[tolerance_mm] * t.shape[1],
+        include_background=True,
+        spacing=list(spacing),
+        use_subvoxels=use_subvoxels,
+    )[0]
     return dice.tolist(), nsd.tolist()
 
 
@@ -62,9 +73,16 @@ class StructureMetricsReport:
         name: file stem of the report.
     """
 
-    def __init__(self, output_dir: str, structures: Sequence[int], structure_names: Sequence[str] | None = None,
-                 protocols: Sequence[str] = ("slices", "propagation"), tolerance_mm: float = 2.0,
-                 use_subvoxels: bool = False, name: str = "metrics"):
+    def __init__(
+        self,
+        output_dir: str,
+        structures: Sequence[int],
+        structure_names: Sequence[str] | None = None,
+        protocols: Sequence[str] = ("slices", "propagation"),
+        tolerance_mm: float = 2.0,
+        use_subvoxels: bool = False,
+        name: str = "metrics",
+    ):
         self.output_dir, self.name = output_dir, name
         self.structures = [int(s) for s in structures]
         self.names = list(structure_names) if structure_names else [str(s) for s in self.structures]
@@ -84,13 +102,22 @@ class StructureMetricsReport:
         n = len(self.structures)
         rows = []
         for p, protocol in enumerate(self.protocols):
-            dice, nsd = structure_scores(pred[p * n:(p + 1) * n], label, spacing, self.tolerance_mm,
-                                         self.use_subvoxels)
+            dice, nsd = structure_scores(
+                pred[p * n : (p + 1) * n], label, spacing, self.tolerance_mm, self.use_subvoxels
+            )
             for s, value in enumerate(self.structures):
                 if math.isnan(dice[s]):
                     continue
-                rows.append({"case": case, "protocol": protocol, "structure": self.names[s], "label": value,
-                             "dice": round(dice[s], 4), "nsd": round(nsd[s], 4)})
+                rows.append(
+                    {
+                        "case": case,
+                        "protocol": protocol,
+                        "structure": self.names[s],
+                        "label": value,
+                        "dice": round(dice[s], 4),
+                        "nsd": round(nsd[s], 4),
+                    }
+                )
         self.rows += rows
         return rows
 
@@ -101,8 +128,10 @@ class StructureMetricsReport:
             case = output_stem(source)
             spacing = voxel_spacing(getattr(label, "affine", np.eye(4)))
             for row in self.add_case(case, item["pred"].detach().cpu(), label.detach().cpu(), spacing):
-                logger.info(f"{row['case']} {row['protocol']:>11} {row['structure']:>14}: "
-                            f"Dice {row['dice']:.3f} NSD {row['nsd']:.3f}")
+                logger.info(
+                    f"{row['case']} {row['protocol']:>11} {row['structure']:>14}: "
+                    f"Dice {row['dice']:.3f} NSD {row['nsd']:.3f}"
+                )
 
     def summary(self) -> dict:
         """Mean Dice/NSD per protocol and structure over cases."""
@@ -113,7 +142,9 @@ class StructureMetricsReport:
                 if sel:
                     out.setdefault(protocol, {})[name] = {
                         "dice": round(float(np.mean([r["dice"] for r in sel])), 4),
-                        "nsd": round(float(np.mean([r["nsd"] for r in sel])), 4), "cases": len(sel)}
+                        "nsd": round(float(np.mean([r["nsd"] for r in sel])), 4),
+                        "cases": len(sel),
+                    }
         return out
 
     def write(self, engine: Engine | None = None) -> None:

@@ -21,12 +21,7 @@ class Adapter(nn.Module):
     """
 
     def __init__(
-        self,
-        dim: int,
-        ratio: float = 0.25,
-        act: type[nn.Module] = nn.GELU,
-        skip: bool = True,
-        zero_init: bool = False,
+        self, dim: int, ratio: float = 0.25, act: type[nn.Module] = nn.GELU, skip: bool = True, zero_init: bool = False
     ) -> None:
         super().__init__()
         hidden = int(dim * ratio)

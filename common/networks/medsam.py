@@ -31,14 +31,28 @@ MEDSAM_VITB_WEIGHTS_HINT = (
 
 def build_lite_medsam() -> Sam:
     """LiteMedSAM at its published size: ``(B, 3, 256, 256)`` in [0, 1] -> ``(B, 256, 64, 64)`` embeddings."""
-    encoder = TinyViT(img_size=256, in_chans=3, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
-                      num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7), mlp_ratio=4.0, mbconv_expand_ratio=4.0,
-                      local_conv_size=3, out_chans=256)
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
-                                   mask_in_chans=16)
-    decoder = MaskDecoder(transformer_dim=256, transformer=TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8,
-                                                                             mlp_dim=2048),
-                          num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256)
+    encoder = TinyViT(
+        img_size=256,
+        in_chans=3,
+        embed_dims=(64, 128, 160, 320),
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 5, 10),
+        window_sizes=(7, 7, 14, 7),
+        mlp_ratio=4.0,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        out_chans=256,
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
+    )
+    decoder = MaskDecoder(
+        transformer_dim=256,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048),
+        num_multimask_outputs=3,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
     return Sam(encoder, prompt_encoder, decoder)
 
 
@@ -108,8 +122,13 @@ class CachedEncoderSam(Sam):
     every epoch defeat the cache, so the decoder-only recipe uses none.
     """
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 max_cached: int | None = None):
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        max_cached: int | None = None,
+    ):
         super().__init__(image_encoder, prompt_encoder, mask_decoder)
         decoder_only(self)
         self.image_encoder.eval()

@@ -67,8 +67,9 @@ class DepthAttention(nn.Module):
     windows and slices; in global blocks both groupings are the same.
     """
 
-    def __init__(self, attention: Attention, depth: int, adapter: nn.Module, grouping: str = "per_token",
-                 window_size: int = 0) -> None:
+    def __init__(
+        self, attention: Attention, depth: int, adapter: nn.Module, grouping: str = "per_token", window_size: int = 0
+    ) -> None:
         super().__init__()
         if grouping not in DEPTH_GROUPINGS:
             raise ValueError(f"grouping must be one of {DEPTH_GROUPINGS}, got {grouping!r}")
@@ -106,9 +107,20 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 #: Logit given to slices without any click (background, sigmoid ~ 2e-9): MSA segments the slices it is prompted on.
 NO_CLICK_LOGIT = -20.0
 #: Small sizes for tests and smoke runs (64 px slices, 8 px patches, 2 blocks): ``build_msa(**TINY_SIZES)``.
-TINY_SIZES = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3,
-                  global_attn_indexes=[1], prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2,
-                  decoder_mlp_dim=32, iou_head_hidden_dim=16)
+TINY_SIZES = dict(
+    image_size=64,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    window_size=3,
+    global_attn_indexes=[1],
+    prompt_embed_dim=16,
+    mask_in_chans=4,
+    decoder_num_heads=2,
+    decoder_mlp_dim=32,
+    iou_head_hidden_dim=16,
+)
 
 
 def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,8 +137,8 @@ def clicks_from_map(click_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     coords = click_map.new_zeros(b * z, p, 2, dtype=torch.float32)
     labels = torch.full((b * z, p), -1, dtype=torch.long, device=click_map.device)
     for i, (s, f) in enumerate(zip(slices, found)):
-        coords[i, :len(f)] = f.float()
-        labels[i, :len(f)] = (s[f[:, 0], f[:, 1]] > 0).long()
+        coords[i, : len(f)] = f.float()
+        labels[i, : len(f)] = (s[f[:, 0], f[:, 1]] > 0).long()
     return coords, labels
 
 
@@ -150,10 +162,17 @@ class MSAVolume(Sam):
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 5 or image.shape[1] != 1 or condition.ndim != 5 or condition.shape[0] != image.shape[0] \
-                or condition.shape[2:] != image.shape[2:]:
-            raise ValueError(f"MSAVolume expects image (B, 1, X, Y, Z) and click maps (B, S, X, Y, Z), got "
-                             f"{tuple(image.shape)} and {tuple(condition.shape)}")
+        if (
+            image.ndim != 5
+            or image.shape[1] != 1
+            or condition.ndim != 5
+            or condition.shape[0] != image.shape[0]
+            or condition.shape[2:] != image.shape[2:]
+        ):
+            raise ValueError(
+                f"MSAVolume expects image (B, 1, X, Y, Z) and click maps (B, S, X, Y, Z), got "
+                f"{tuple(image.shape)} and {tuple(condition.shape)}"
+            )
         b, _, x, y, z = image.shape
         size = self.image_size
         slices = image[:, 0].permute(0, 3, 2, 1).reshape(b * z, 1, y, x)  # SAM slice: rows y, columns x
@@ -162,7 +181,7 @@ class MSAVolume(Sam):
         scale = torch.tensor([size[1] / x, size[0] / y], device=image.device)
         out = []
         for s in range(condition.shape[1]):
-            coords, labels = clicks_from_map(condition[:, s:s + 1])
+            coords, labels = clicks_from_map(condition[:, s : s + 1])
             low_res, _ = self.decode(embeddings, point_coords=coords * scale, point_labels=labels)
             logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
             logits = logits.masked_fill(~(labels >= 0).any(1)[:, None, None, None], NO_CLICK_LOGIT)
@@ -177,8 +196,13 @@ def msa_trainable(model: Sam) -> Sam:
     return model
 
 
-def build_msa(image_size: int = 1024, num_slices: int | None = None, depth_grouping: str = "per_token",
-              preset: str = "vit_b", **overrides) -> MSAVolume:
+def build_msa(
+    image_size: int = 1024,
+    num_slices: int | None = None,
+    depth_grouping: str = "per_token",
+    preset: str = "vit_b",
+    **overrides,
+) -> MSAVolume:
     """MSA on SAM (``preset`` at ``image_size`` px, ``overrides`` as :func:`build_sam_vit`).
 
     ``num_slices``: slices per volume for the 3-D mode (published ``chunk``, 96); ``None`` builds the 2-D model
@@ -189,12 +213,20 @@ def build_msa(image_size: int = 1024, num_slices: int | None = None, depth_group
     enc = sam.image_encoder
     dim = enc.embed_dim
     enc.set_adapters("after_attn", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=True))
-    enc.set_adapters("parallel_mlp", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False),
-                     scale=MLP_ADAPTER_SCALE)
+    enc.set_adapters(
+        "parallel_mlp", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False), scale=MLP_ADAPTER_SCALE
+    )
     if num_slices is not None:
-        enc.set_adapters("parallel_attn", lambda i: DepthAttention(
-            enc.blocks[i].attn, num_slices, Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False), depth_grouping,
-            enc.blocks[i].window_size))
+        enc.set_adapters(
+            "parallel_attn",
+            lambda i: DepthAttention(
+                enc.blocks[i].attn,
+                num_slices,
+                Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False),
+                depth_grouping,
+                enc.blocks[i].window_size,
+            ),
+        )
     return msa_trainable(sam)
 
 
@@ -205,6 +237,7 @@ def load_sam_weights(model: Sam, sam: str | os.PathLike | Mapping) -> list[str]:
     missing, unexpected = load_checkpoint(model, sam, strict=False)
     not_adapters = [k for k in missing if ".adapters." not in k]
     if not_adapters or unexpected:
-        raise CheckpointError(f"SAM checkpoint does not fit this MSA model: missing {not_adapters[:5]}, "
-                              f"unexpected {list(unexpected)[:5]}")
+        raise CheckpointError(
+            f"SAM checkpoint does not fit this MSA model: missing {not_adapters[:5]}, unexpected {list(unexpected)[:5]}"
+        )
     return list(missing)

@@ -34,9 +34,23 @@ __all__ = [
 ]
 
 #: Small sizes for tests and smoke runs (16^3 crops, 4^3 tokens, 2^3 windows): ``build_sam3d_adapter(**TINY_SIZES)``.
-TINY_SIZES = dict(roi_size=16, upsample=4, embed_dim=32, depth=4, num_heads=2, sam_grid=8, sam_window=3,
-                  global_attn_indexes=(1, 3), window=2, feature_dim=16, tap_blocks=(0, 1, 2, 3), prompt_heads=2,
-                  prompt_mlp_dim=32, num_global_queries=3, decoder_dim=8)
+TINY_SIZES = dict(
+    roi_size=16,
+    upsample=4,
+    embed_dim=32,
+    depth=4,
+    num_heads=2,
+    sam_grid=8,
+    sam_window=3,
+    global_attn_indexes=(1, 3),
+    window=2,
+    feature_dim=16,
+    tap_blocks=(0, 1, 2, 3),
+    prompt_heads=2,
+    prompt_mlp_dim=32,
+    num_global_queries=3,
+    decoder_dim=8,
+)
 
 #: Encoder parameters that train (name prefixes / suffixes), as published.
 _TRAINABLE_ENCODER = ("depth_embed", "slice_embed.", "neck_3d.")
@@ -52,8 +66,12 @@ class Sam3DAdapter(nn.Module):
     taken. Batch sizes above 1 work (published: 1).
     """
 
-    def __init__(self, image_encoder: ImageEncoder3d, mask_decoder: MultiLevelDecoder,
-                 prompt_encoder: VisualSamplerPromptEncoder | None = None) -> None:
+    def __init__(
+        self,
+        image_encoder: ImageEncoder3d,
+        mask_decoder: MultiLevelDecoder,
+        prompt_encoder: VisualSamplerPromptEncoder | None = None,
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -92,8 +110,11 @@ def trainable_parameter_counts(model: Sam3DAdapter) -> dict[str, int]:
     """Trainable parameters per part: ``{"image_encoder", "prompt_encoder", "mask_decoder", "total"}``."""
     counts = {
         part: sum(p.numel() for p in module.parameters() if p.requires_grad) if module is not None else 0
-        for part, module in (("image_encoder", model.image_encoder), ("prompt_encoder", model.prompt_encoder),
-                             ("mask_decoder", model.mask_decoder))
+        for part, module in (
+            ("image_encoder", model.image_encoder),
+            ("prompt_encoder", model.prompt_encoder),
+            ("mask_decoder", model.mask_decoder),
+        )
     }
     counts["total"] = sum(counts.values())
     return counts
@@ -127,12 +148,26 @@ def build_sam3d_adapter(
     The automatic variant is ``roi_size=256, upsample=2, promptable=False``. ``sam_checkpoint`` (an official
     SAM ViT-B file) initialises the encoder through :func:`init_from_sam`; tests pass tiny sizes.
     """
-    encoder = ImageEncoder3d(roi_size=roi_size, upsample=upsample, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, sam_grid=sam_grid, sam_window=sam_window,
-                             global_attn_indexes=global_attn_indexes, window=window, adapter_dim=adapter_dim,
-                             out_chans=feature_dim, tap_blocks=tap_blocks, input_path=input_path)
-    prompt = (VisualSamplerPromptEncoder(feature_dim, prompt_depth, prompt_heads, prompt_mlp_dim, num_global_queries)
-              if promptable else None)
+    encoder = ImageEncoder3d(
+        roi_size=roi_size,
+        upsample=upsample,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        sam_grid=sam_grid,
+        sam_window=sam_window,
+        global_attn_indexes=global_attn_indexes,
+        window=window,
+        adapter_dim=adapter_dim,
+        out_chans=feature_dim,
+        tap_blocks=tap_blocks,
+        input_path=input_path,
+    )
+    prompt = (
+        VisualSamplerPromptEncoder(feature_dim, prompt_depth, prompt_heads, prompt_mlp_dim, num_global_queries)
+        if promptable
+        else None
+    )
     decoder = MultiLevelDecoder(feature_dim, decoder_dim, num_classes, head_scale=2)
     model = freeze_published(Sam3DAdapter(encoder, decoder, prompt))
     if sam_checkpoint is not None:
@@ -142,9 +177,22 @@ def build_sam3d_adapter(
 
 def _sam_encoder_keys(encoder: ImageEncoder3d) -> list[str]:
     """Encoder keys that come from SAM's ``image_encoder.*`` with the same names and shapes."""
-    per_block = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight", "attn.qkv.bias",
-                 "attn.proj.weight", "attn.proj.bias", "attn.rel_pos_h", "attn.rel_pos_w", "mlp.lin1.weight",
-                 "mlp.lin1.bias", "mlp.lin2.weight", "mlp.lin2.bias")
+    per_block = (
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "attn.rel_pos_h",
+        "attn.rel_pos_w",
+        "mlp.lin1.weight",
+        "mlp.lin1.bias",
+        "mlp.lin2.weight",
+        "mlp.lin2.bias",
+    )
     keys = ["patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed"]
     return keys + [f"blocks.{i}.{k}" for i in range(len(encoder.blocks)) for k in per_block]
 
@@ -158,19 +206,27 @@ def init_from_sam(model: Sam3DAdapter, sam: str | os.PathLike | Mapping) -> list
     shape mismatches (e.g. a ViT-L/H checkpoint: the published 3-D necks take ViT-B's 768 channels).
     """
     source = str(sam) if isinstance(sam, (str, os.PathLike)) else "<in-memory state dict>"
-    state = load_state_dict_file(sam, hint=SAM_VIT_B_HINT) if isinstance(sam, (str, os.PathLike)) else \
-        extract_state_dict(sam, source)
+    state = (
+        load_state_dict_file(sam, hint=SAM_VIT_B_HINT)
+        if isinstance(sam, (str, os.PathLike))
+        else extract_state_dict(sam, source)
+    )
     if any(k.startswith("image_encoder.") for k in state):
-        state = {k[len("image_encoder."):]: v for k, v in state.items() if k.startswith("image_encoder.")}
+        state = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
     encoder = model.image_encoder
     own = encoder.state_dict()
     keys = _sam_encoder_keys(encoder)
     missing = [k for k in keys if k not in state]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in keys if k in state and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in keys
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or mismatched:
-        raise CheckpointError(f"{source} is not a SAM image encoder of this size: {len(missing)} missing key(s) "
-                              f"{missing[:4]}, {len(mismatched)} shape mismatch(es) {mismatched[:3]}")
+        raise CheckpointError(
+            f"{source} is not a SAM image encoder of this size: {len(missing)} missing key(s) "
+            f"{missing[:4]}, {len(mismatched)} shape mismatch(es) {mismatched[:3]}"
+        )
     with torch.no_grad():
         for k in keys:
             own[k].copy_(state[k])
@@ -194,14 +250,15 @@ def published_state_dict(checkpoint: str | os.PathLike | Mapping) -> dict[str, t
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, Mapping) or not {"encoder_dict", "decoder_dict"} <= set(checkpoint):
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise CheckpointError(f"{source}: not a released 3DSAM-adapter checkpoint (needs 'encoder_dict' and "
-                              f"'decoder_dict'; found {found})")
+        raise CheckpointError(
+            f"{source}: not a released 3DSAM-adapter checkpoint (needs 'encoder_dict' and "
+            f"'decoder_dict'; found {found})"
+        )
     out = {f"image_encoder.{k}": v for k, v in checkpoint["encoder_dict"].items() if not k.endswith(".attn_mask")}
     out.update({k: v.reshape(()) for k, v in out.items() if k.endswith(".attn.lr") and v.numel() == 1})
     features = checkpoint.get("feature_dict")
     if features is not None:
         used = features[-1] if isinstance(features, Sequence) else features
-        out.update({f"prompt_encoder.{k}": v for k, v in used.items()
-                    if k != "positional_encoding_gaussian_matrix"})
+        out.update({f"prompt_encoder.{k}": v for k, v in used.items() if k != "positional_encoding_gaussian_matrix"})
     out.update({f"mask_decoder.{k}": v for k, v in checkpoint["decoder_dict"].items()})
     return out

@@ -179,15 +179,19 @@ def validate_points(points, spatial_shape: Sequence[int], source: str = "image",
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != ndim:
-        raise ValueError(f"'{key}' for {source}: expected a list of [x, y, z] voxel indices for an image of shape "
-                         f"{tuple(spatial_shape)}, got shape {tuple(arr.shape)}.")
+        raise ValueError(
+            f"'{key}' for {source}: expected a list of [x, y, z] voxel indices for an image of shape "
+            f"{tuple(spatial_shape)}, got shape {tuple(arr.shape)}."
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"'{key}' for {source}: points must be finite, got {arr.tolist()}.")
     outside = [i for i, p in enumerate(arr) if np.any(p < 0) or np.any(p > np.asarray(spatial_shape) - 1)]
     if outside:
         i = outside[0]
-        raise ValueError(f"'{key}' for {source}: point #{i} {arr[i].tolist()} lies outside the image, whose voxel "
-                         f"indices run from 0 to {[s - 1 for s in spatial_shape]} ({len(outside)} point(s) outside).")
+        raise ValueError(
+            f"'{key}' for {source}: point #{i} {arr[i].tolist()} lies outside the image, whose voxel "
+            f"indices run from 0 to {[s - 1 for s in spatial_shape]} ({len(outside)} point(s) outside)."
+        )
     return arr
 
 

@@ -31,13 +31,7 @@ from monai.transforms import MapTransform, ScaleIntensityRanged, Transform
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-__all__ = [
-    "CT_WINDOWS",
-    "window_range",
-    "CTWindowd",
-    "NonZeroPercentileNormalize",
-    "NonZeroPercentileNormalized",
-]
+__all__ = ["CT_WINDOWS", "window_range", "CTWindowd", "NonZeroPercentileNormalize", "NonZeroPercentileNormalized"]
 
 #: CT window presets as (level, width) in HU.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -93,7 +87,13 @@ class CTWindowd(ScaleIntensityRanged):
     ) -> None:
         a_min, a_max = window_range(window)
         super().__init__(
-            keys, a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True, dtype=dtype,
+            keys,
+            a_min=a_min,
+            a_max=a_max,
+            b_min=b_min,
+            b_max=b_max,
+            clip=True,
+            dtype=dtype,
             allow_missing_keys=allow_missing_keys,
         )
         self.window = window
@@ -206,8 +206,9 @@ class NonZeroPercentileNormalized(MapTransform):
         return d
 
 
-def intensity_normalizer(keys: KeysCollection, window: str | Sequence[float] = "abdomen", b_min: float = 0.0,
-                         b_max: float = 255.0):
+def intensity_normalizer(
+    keys: KeysCollection, window: str | Sequence[float] = "abdomen", b_min: float = 0.0, b_max: float = 255.0
+):
     """One config switch for the intensity step of a bundle.
 
     ``window`` is a CT preset name (see ``CT_WINDOWS``) or a ``(level, width)`` pair -> :class:`CTWindowd`;

@@ -40,8 +40,15 @@ class AtomicSaveImaged(MapTransform):
     ``Invertd`` restored the input geometry. Sets ``meta["saved_to"]`` to the written path.
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str, output_postfix: str = "seg", output_ext: str = ".nii.gz",
-                 output_dtype=np.uint8, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        output_postfix: str = "seg",
+        output_ext: str = ".nii.gz",
+        output_dtype=np.uint8,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.output_postfix, self.output_ext = output_dir, output_postfix, output_ext
         self.output_dtype = output_dtype

@@ -114,8 +114,12 @@ class _LabelPromptBase(Randomizable, MapTransform):
     """Shared part: validate the channel-first label, list its foreground values, pick one, build the target."""
 
     def __init__(
-        self, label_key: str, target_key: str | None, label_value_key: str | None,
-        labels: Sequence[int | float] | None, allow_missing_keys: bool,
+        self,
+        label_key: str,
+        target_key: str | None,
+        label_value_key: str | None,
+        labels: Sequence[int | float] | None,
+        allow_missing_keys: bool,
     ) -> None:
         MapTransform.__init__(self, keys=label_key, allow_missing_keys=allow_missing_keys)
         self.label_key = label_key
@@ -259,8 +263,9 @@ class RandPointPromptd(_LabelPromptBase):
     ) -> None:
         super().__init__(label_key, target_key, label_value_key, labels, allow_missing_keys)
         if num_positive < 0 or num_negative < 0 or num_positive + num_negative == 0:
-            raise ValueError(f"need num_positive, num_negative >= 0 and at least one point, got {num_positive}, "
-                             f"{num_negative}.")
+            raise ValueError(
+                f"need num_positive, num_negative >= 0 and at least one point, got {num_positive}, {num_negative}."
+            )
         self.point_key = point_key
         self.point_label_key = point_label_key
         self.num_positive = int(num_positive)
@@ -312,8 +317,6 @@ class RandPointPromptd(_LabelPromptBase):
                 raise ValueError(f"{type(self).__name__}: key {key!r}{self._where(d, key)}: {err}") from err
             coords = np.stack(np.unravel_index(self._indices.numpy(), tuple(self._mask.shape)), axis=-1)
             d[self.point_key] = torch.as_tensor(coords, dtype=torch.float32)
-            d[self.point_label_key] = torch.tensor(
-                [1] * self.num_positive + [0] * self.num_negative, dtype=torch.int64
-            )
+            d[self.point_label_key] = torch.tensor([1] * self.num_positive + [0] * self.num_negative, dtype=torch.int64)
             self._write_target(d, key, self._mask)
         return d

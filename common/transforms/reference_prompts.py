@@ -54,8 +54,15 @@ class EvaluationBoxesd(MapTransform):
     Raises ValueError when none of ``structures`` is present (an empty reference label).
     """
 
-    def __init__(self, keys: KeysCollection, structures: Sequence[int], protocols: Sequence[str] = PROTOCOLS,
-                 box_key: str = "boxes", box_label_key: str = "box_labels", box_value_key: str = "box_values"):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        structures: Sequence[int],
+        protocols: Sequence[str] = PROTOCOLS,
+        box_key: str = "boxes",
+        box_label_key: str = "box_labels",
+        box_value_key: str = "box_values",
+    ):
         super().__init__(keys)
         self.structures = [int(s) for s in structures]
         self.protocols = list(protocols)
@@ -67,8 +74,10 @@ class EvaluationBoxesd(MapTransform):
             label = torch.as_tensor(d[key])[0].round().long()
             present = [s for s in self.structures if bool((label == s).any())]
             if not present:
-                raise ValueError(f"reference label '{key}' from {_source(d[key])} contains none of the structures "
-                                 f"{self.structures}: cannot derive box prompts from an empty label")
+                raise ValueError(
+                    f"reference label '{key}' from {_source(d[key])} contains none of the structures "
+                    f"{self.structures}: cannot derive box prompts from an empty label"
+                )
             boxes, channels, ranks = [], [], []
             for p, protocol in enumerate(self.protocols):
                 for s, value in enumerate(self.structures):
@@ -99,6 +108,8 @@ class StructureChannelsd(MapTransform):
             if hasattr(label, "copy_meta_from"):
                 from monai.data import MetaTensor
 
-                channels = MetaTensor(channels, meta=dict(label.meta), applied_operations=list(label.applied_operations))
+                channels = MetaTensor(
+                    channels, meta=dict(label.meta), applied_operations=list(label.applied_operations)
+                )
             d[key] = channels
         return d

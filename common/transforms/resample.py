@@ -45,14 +45,19 @@ def _interpolate(x: torch.Tensor, mode: str, scale: Sequence[float], in_plane_fi
     """``(C, X, Y, Z)`` -> ``(C, floor(X*sx), floor(Y*sy), floor(Z*sz))`` with the exact ``scale`` (see module)."""
     options = {"align_corners": False} if mode == "trilinear" else {}
     if not in_plane_first:
-        return F.interpolate(x[None], scale_factor=tuple(scale), mode=mode, recompute_scale_factor=False,
-                             **options)[0]
+        return F.interpolate(x[None], scale_factor=tuple(scale), mode=mode, recompute_scale_factor=False, **options)[0]
     slices = x.permute(3, 0, 1, 2)  # (Z, C, X, Y): one 2D image per slice along axis 2
-    slices = F.interpolate(slices, scale_factor=tuple(scale[:2]), mode="bilinear" if mode == "trilinear" else mode,
-                           recompute_scale_factor=False, **options)
+    slices = F.interpolate(
+        slices,
+        scale_factor=tuple(scale[:2]),
+        mode="bilinear" if mode == "trilinear" else mode,
+        recompute_scale_factor=False,
+        **options,
+    )
     planar = slices.permute(1, 2, 3, 0)
-    return F.interpolate(planar[None], scale_factor=(1.0, 1.0, scale[2]), mode=mode, recompute_scale_factor=False,
-                         **options)[0]
+    return F.interpolate(
+        planar[None], scale_factor=(1.0, 1.0, scale[2]), mode=mode, recompute_scale_factor=False, **options
+    )[0]
 
 
 class ScaleResampled(MapTransform, InvertibleTransform):

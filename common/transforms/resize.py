@@ -135,10 +135,7 @@ def area_resize_matrices(
         wh, ww = _area_shrink_weights(h, oh), _area_shrink_weights(w, ow)
     else:
         wh, ww = _area_grow_weights(h, oh), _area_grow_weights(w, ow)
-    return (
-        torch.as_tensor(wh, dtype=dtype, device=device),
-        torch.as_tensor(ww, dtype=dtype, device=device),
-    )
+    return (torch.as_tensor(wh, dtype=dtype, device=device), torch.as_tensor(ww, dtype=dtype, device=device))
 
 
 def area_resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

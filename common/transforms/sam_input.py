@@ -47,7 +47,9 @@ class SliceGeometry:
         if self.keep_aspect_ratio:
             x = area_resize(x, (self.new_h, self.new_w))
         else:
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False)[0]
+            x = F.interpolate(
+                x[None], size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
+            )[0]
         if self.quantize:
             x = torch.floor(x + 0.5).clamp(0, 255)
         x = minmax_normalise(x)
@@ -70,8 +72,12 @@ class SliceGeometry:
         crop_w = round(self.new_w * low / self.size)
         x = low_res_logits[..., :crop_h, :crop_w]
         lead = x.shape[:-2]
-        x = F.interpolate(x.reshape(-1, 1, crop_h, crop_w).float(), size=(self.height, self.width), mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(
+            x.reshape(-1, 1, crop_h, crop_w).float(),
+            size=(self.height, self.width),
+            mode="bilinear",
+            align_corners=False,
+        )
         return (x > 0).reshape(*lead, self.height, self.width)
 
     def mask_to_model_box(self, mask_hw: torch.Tensor, margin: int, value: float = 1.0) -> torch.Tensor | None:
@@ -104,8 +110,14 @@ class SamSliceInputd:
         image_size, keep_aspect_ratio, quantize: see :class:`SliceGeometry`.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str | None = "label", image_size: int = 256,
-                 keep_aspect_ratio: bool = True, quantize: bool = True):
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        image_size: int = 256,
+        keep_aspect_ratio: bool = True,
+        quantize: bool = True,
+    ):
         self.image_key, self.label_key = image_key, label_key
         self.image_size, self.keep_aspect_ratio, self.quantize = image_size, keep_aspect_ratio, quantize
 
@@ -113,12 +125,16 @@ class SamSliceInputd:
         d = dict(data)
         image = torch.as_tensor(d[self.image_key])
         if image.ndim != 3:
-            raise ValueError(f"'{self.image_key}': expected a channel-first 2D slice (C, X, Y), got {tuple(image.shape)}")
+            raise ValueError(
+                f"'{self.image_key}': expected a channel-first 2D slice (C, X, Y), got {tuple(image.shape)}"
+            )
         size_x, size_y = image.shape[1:]
         geometry = SliceGeometry(size_x, size_y, self.image_size, self.keep_aspect_ratio, self.quantize)
         d[self.image_key] = geometry.image(image.float())
         if self.label_key is not None and self.label_key in d:
             label = torch.as_tensor(d[self.label_key]).float()
             resized = F.interpolate(label[None], size=(geometry.new_h, geometry.new_w), mode="nearest-exact")[0]
-            d[self.label_key] = F.pad(resized, (0, self.image_size - geometry.new_w, 0, self.image_size - geometry.new_h))
+            d[self.label_key] = F.pad(
+                resized, (0, self.image_size - geometry.new_w, 0, self.image_size - geometry.new_h)
+            )
         return d

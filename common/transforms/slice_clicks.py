@@ -53,8 +53,14 @@ class RandSliceClicksd(Randomizable, MapTransform):
     the structure) and ``value_key`` (its label value). Reproducible under ``set_random_state``.
     """
 
-    def __init__(self, label_key: str = "label", click_key: str = "clicks", target_key: str = "target",
-                 value_key: str = "structure", labels: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        label_key: str = "label",
+        click_key: str = "clicks",
+        target_key: str = "target",
+        value_key: str = "structure",
+        labels: Sequence[int] | None = None,
+    ) -> None:
         MapTransform.__init__(self, keys=label_key)
         self.label_key, self.click_key, self.target_key, self.value_key = label_key, click_key, target_key, value_key
         self.labels = None if labels is None else [int(v) for v in labels]
@@ -89,8 +95,9 @@ class SliceClicksPerStructured(MapTransform):
     created per call and used for the structures in order, so a case gets the same clicks in every run.
     """
 
-    def __init__(self, label_key: str = "label", click_key: str = "clicks", structures: Sequence[int] = (1,),
-                 seed: int = 0) -> None:
+    def __init__(
+        self, label_key: str = "label", click_key: str = "clicks", structures: Sequence[int] = (1,), seed: int = 0
+    ) -> None:
         MapTransform.__init__(self, keys=label_key)
         self.label_key, self.click_key, self.seed = label_key, click_key, int(seed)
         self.structures = [int(v) for v in structures]
@@ -120,8 +127,13 @@ class PointsToClickMapd(MapTransform):
             and a negative click on the same voxel.
     """
 
-    def __init__(self, points_key: str = "points", labels_key: str = "point_labels", ref_key: str = "image",
-                 click_key: str = "clicks") -> None:
+    def __init__(
+        self,
+        points_key: str = "points",
+        labels_key: str = "point_labels",
+        ref_key: str = "image",
+        click_key: str = "clicks",
+    ) -> None:
         MapTransform.__init__(self, keys=points_key)
         self.points_key, self.labels_key, self.ref_key, self.click_key = points_key, labels_key, ref_key, click_key
 
@@ -132,21 +144,28 @@ class PointsToClickMapd(MapTransform):
         shape = tuple(image.shape[1:])
         points = torch.as_tensor(d[self.points_key], dtype=torch.float64).cpu()
         if points.ndim != 2 or points.shape[1] != len(shape) or not torch.isfinite(points).all():
-            raise ValueError(f"'{self.points_key}' for {source}: expected finite (N, {len(shape)}) voxel indices "
-                             f"[x, y, z] of the image of shape {shape}, got {points.tolist()}")
+            raise ValueError(
+                f"'{self.points_key}' for {source}: expected finite (N, {len(shape)}) voxel indices "
+                f"[x, y, z] of the image of shape {shape}, got {points.tolist()}"
+            )
         labels = d.get(self.labels_key)
         labels = torch.ones(len(points)) if labels is None else torch.as_tensor(labels).cpu().reshape(-1)
         if len(labels) != len(points) or not torch.isin(labels, torch.tensor([0, 1], dtype=labels.dtype)).all():
-            raise ValueError(f"'{self.labels_key}' for {source}: expected one label per point ({len(points)} points), "
-                             f"1 (positive) or 0 (negative), got {labels.tolist()}")
-        voxels = torch.round(points).long().clamp(min=torch.zeros(len(shape), dtype=torch.long),
-                                                  max=torch.tensor(shape) - 1)
+            raise ValueError(
+                f"'{self.labels_key}' for {source}: expected one label per point ({len(points)} points), "
+                f"1 (positive) or 0 (negative), got {labels.tolist()}"
+            )
+        voxels = (
+            torch.round(points).long().clamp(min=torch.zeros(len(shape), dtype=torch.long), max=torch.tensor(shape) - 1)
+        )
         clicks = torch.zeros((1, *shape), dtype=torch.float32)
         for i, (voxel, label) in enumerate(zip(voxels.tolist(), labels.tolist())):
             value = 1.0 if label == 1 else -1.0
             if clicks[(0, *voxel)] == -value:
-                raise ValueError(f"'{self.points_key}' for {source}: point #{i} {points[i].tolist()} (label {label:g}) "
-                                 f"falls on voxel {voxel}, which already holds a click of the other sign")
+                raise ValueError(
+                    f"'{self.points_key}' for {source}: point #{i} {points[i].tolist()} (label {label:g}) "
+                    f"falls on voxel {voxel}, which already holds a click of the other sign"
+                )
             clicks[(0, *voxel)] = value
         d[self.click_key] = clicks.to(image.device) if isinstance(image, torch.Tensor) else clicks
         return d

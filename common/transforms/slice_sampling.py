@@ -20,8 +20,13 @@ class ForegroundSlicesd:
     and ``label_value``.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", num_slices: int = 3,
-                 structures: list[int] | None = None):
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str = "label",
+        num_slices: int = 3,
+        structures: list[int] | None = None,
+    ):
         self.image_key, self.label_key = image_key, label_key
         self.num_slices, self.structures = num_slices, structures
 

@@ -61,12 +61,14 @@ class CheckFinited(MapTransform):
             if not bad and str(source).lower().endswith((".nii", ".nii.gz")) and os.path.isfile(str(source)):
                 bad = _nifti_nonfinite_count(source)
             if bad:
-                raise ValueError(f"'{key}' from {source} has {bad} NaN/infinite voxels; fix or mask them before inference")
+                raise ValueError(
+                    f"'{key}' from {source} has {bad} NaN/infinite voxels; fix or mask them before inference"
+                )
         return d
 
 
 class RequireSpatialDimsd(MapTransform):
-    """Raise ValueError unless the channel-first image under ``keys`` is a volume with at least ``min_slices`` slices."""
+    """Raise ValueError unless the channel-first image under ``keys`` is a volume of at least ``min_slices`` slices."""
 
     def __init__(self, keys: KeysCollection, min_slices: int = 2, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)

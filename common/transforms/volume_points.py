@@ -54,13 +54,16 @@ class RandVolumePointsd(Randomizable, MapTransform):
         self.num_random_if_empty = self.num_random if num_random_if_empty is None else int(num_random_if_empty)
         self.require_foreground = bool(require_foreground)
         if min(self.num_positive, self.num_random, self.num_random_if_empty) < 0:
-            raise ValueError(f"point counts must be >= 0, got num_positive={num_positive}, num_random={num_random}, "
-                             f"num_random_if_empty={num_random_if_empty}.")
+            raise ValueError(
+                f"point counts must be >= 0, got num_positive={num_positive}, num_random={num_random}, "
+                f"num_random_if_empty={num_random_if_empty}."
+            )
         if self.num_positive + self.num_random == 0:
             raise ValueError("num_positive + num_random must be >= 1: a labelled volume would get no point.")
         if self.num_random_if_empty == 0 and not self.require_foreground:
-            raise ValueError("num_random_if_empty must be >= 1 unless require_foreground=True: an empty volume would "
-                             "get no point.")
+            raise ValueError(
+                "num_random_if_empty must be >= 1 unless require_foreground=True: an empty volume would get no point."
+            )
         self._indices = np.zeros(0, dtype=np.int64)
 
     def randomize(self, foreground: np.ndarray, size: int) -> None:
@@ -77,13 +80,17 @@ class RandVolumePointsd(Randomizable, MapTransform):
         meta = getattr(label, "meta", None) or {}
         source = meta.get("filename_or_obj", "<in-memory label>")
         if label.ndim != 4 or label.shape[0] != 1:
-            raise ValueError(f"RandVolumePointsd: key {self.label_key!r} ({source}): expected a channel-first binary "
-                             f"label (1, X, Y, Z), got shape {tuple(label.shape)}.")
+            raise ValueError(
+                f"RandVolumePointsd: key {self.label_key!r} ({source}): expected a channel-first binary "
+                f"label (1, X, Y, Z), got shape {tuple(label.shape)}."
+            )
         mask = (label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label))[0] > 0
         foreground = torch.nonzero(mask.flatten()).flatten().cpu().numpy()
         if not foreground.size and self.require_foreground:
-            raise ValueError(f"RandVolumePointsd: key {self.label_key!r} ({source}): the label has no foreground "
-                             f"(all {mask.numel()} voxels are 0), so no point prompt can be placed on it.")
+            raise ValueError(
+                f"RandVolumePointsd: key {self.label_key!r} ({source}): the label has no foreground "
+                f"(all {mask.numel()} voxels are 0), so no point prompt can be placed on it."
+            )
         self.randomize(foreground, mask.numel())
         coords = np.stack(np.unravel_index(self._indices, tuple(mask.shape)), axis=-1)
         d[self.point_key] = torch.as_tensor(coords, dtype=torch.float32)

@@ -18,9 +18,6 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ckpt_export, verify_net_in_out
-
-from common.engines.gradient_clipping import GradientClipHandler
-from common.networks.sam3d_adapter import TINY_SIZES, build_sam3d_adapter
 from workflow_utils import (
     ForegroundCube,
     box_of,
@@ -36,6 +33,9 @@ from workflow_utils import (
     run_recording_cases,
     save_weights,
 )
+
+from common.engines.gradient_clipping import GradientClipHandler
+from common.networks.sam3d_adapter import TINY_SIZES, build_sam3d_adapter
 
 PANCREAS = 7
 ROI = TINY_SIZES["roi_size"]
@@ -53,11 +53,13 @@ def configs(repo_root) -> Path:
 
 def write_datalist(path: Path, training: list[str], validation: list[str], test: list[str]) -> Path:
     """Decathlon-style datalist of ``imagesTr/<case>.nii.gz`` / ``labelsTr/<case>.nii.gz`` entries."""
+
     def entries(cases):
         return [{"image": f"imagesTr/{c}.nii.gz", "label": f"labelsTr/{c}.nii.gz"} for c in cases]
 
-    path.write_text(json.dumps({"training": entries(training), "validation": entries(validation),
-                                "test": entries(test)}))
+    path.write_text(
+        json.dumps({"training": entries(training), "validation": entries(validation), "test": entries(test)})
+    )
     return path
 
 
@@ -91,9 +93,19 @@ def sam_checkpoint(tmp_path_factory) -> Path:
     """A tiny SAM checkpoint in the official layout, from segment-anything's own ``ImageEncoderViT`` (random)."""
     sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
     torch.manual_seed(1)
-    encoder = sam_ref.ImageEncoderViT(img_size=128, patch_size=16, embed_dim=32, depth=4, num_heads=2, window_size=3,
-                                      global_attn_indexes=(1, 3), out_chans=16, use_rel_pos=True, qkv_bias=True,
-                                      norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6))
+    encoder = sam_ref.ImageEncoderViT(
+        img_size=128,
+        patch_size=16,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        window_size=3,
+        global_attn_indexes=(1, 3),
+        out_chans=16,
+        use_rel_pos=True,
+        qkv_bias=True,
+        norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+    )
     state = informative_positions({f"image_encoder.{k}": v for k, v in encoder.state_dict().items()})
     return save_weights(tmp_path_factory.mktemp("sam"), state, "sam_tiny.pth")
 
@@ -118,21 +130,37 @@ def test_metadata_matches_config(configs):
 
 
 def test_verify_net_in_out(configs):
-    shapes = {f"_meta_#network_data_format#{part}#spatial_shape": [ROI] * 3
-              for part in ("inputs#image", "outputs#pred")}
+    shapes = {
+        f"_meta_#network_data_format#{part}#spatial_shape": [ROI] * 3 for part in ("inputs#image", "outputs#pred")
+    }
     points = torch.tensor([[[2.0, 3.0, 4.0], [12.0, 9.0, 15.0]]])
-    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "inference.json"), device="cpu", network_def=TINY_NET,
-                      extra_forward_args={"points": points}, **shapes)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        network_def=TINY_NET,
+        extra_forward_args={"points": points},
+        **shapes,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------ train
 def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
     """2 of 4 epochs (stopped after 2, so the LR is mid-schedule), 2 volumes per epoch, SAM-initialised encoder."""
     ckpt_dir, epochs, lr = tmp_path / "ckpt", 4, 4e-4
-    wf = make_workflow(configs, "train.json", "train", ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"),
-                       epochs=epochs, learning_rate=lr, init_from_sam=True, sam_checkpoint=str(sam_checkpoint),
-                       **data_override(dataset))
+    wf = make_workflow(
+        configs,
+        "train.json",
+        "train",
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(tmp_path / "runs"),
+        epochs=epochs,
+        learning_rate=lr,
+        init_from_sam=True,
+        sam_checkpoint=str(sam_checkpoint),
+        **data_override(dataset),
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     net = wf.parser.get_parsed_content("network")
@@ -162,10 +190,21 @@ def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
 def test_train_missing_sam_checkpoint(configs, dataset, tmp_path):
     missing = tmp_path / "sam_vit_b_01ec64.pth"
     ckpt_dir = tmp_path / "ckpt"
-    text = expect_failure(lambda: make_workflow(configs, "train.json", "train", ckpt_dir=str(ckpt_dir),
-                                                sam_checkpoint=str(missing), **data_override(dataset)),
-                          ckpt_dir, "FileNotFoundError", str(missing), "SAM ViT-B checkpoint not found",
-                          "github.com/facebookresearch/segment-anything")
+    text = expect_failure(
+        lambda: make_workflow(
+            configs,
+            "train.json",
+            "train",
+            ckpt_dir=str(ckpt_dir),
+            sam_checkpoint=str(missing),
+            **data_override(dataset),
+        ),
+        ckpt_dir,
+        "FileNotFoundError",
+        str(missing),
+        "SAM ViT-B checkpoint not found",
+        "github.com/facebookresearch/segment-anything",
+    )
     assert "Download SAM ViT-B" in text
 
 
@@ -173,8 +212,17 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, sam_checkpoi
     """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
     ckpt_dir = tmp_path / "ckpt"
     tiny = tmp_path / "tiny.json"  # the overrides as a third config file: nested values need no CLI quoting
-    tiny.write_text(json.dumps({**data_override(dataset), "ckpt_dir": str(ckpt_dir), "epochs": 1,
-                                "output_dir": str(tmp_path / "runs"), "sam_checkpoint": str(sam_checkpoint)}))
+    tiny.write_text(
+        json.dumps(
+            {
+                **data_override(dataset),
+                "ckpt_dir": str(ckpt_dir),
+                "epochs": 1,
+                "output_dir": str(tmp_path / "runs"),
+                "sam_checkpoint": str(sam_checkpoint),
+            }
+        )
+    )
     output = run_bundle_torchrun([configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root)
     assert "val_mean_dice" in output
     assert files_left(ckpt_dir) == ["model.pt"]
@@ -184,12 +232,18 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, sam_checkpoi
 # --------------------------------------------------------------------------------------------------------- evaluate
 def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path, datalist="datalist.json", **override):
     """evaluate.json on the test list; returns the workflow and, per case, the pred/label shapes and points."""
-    wf = make_workflow(configs, "evaluate.json", "infer", output_dir=str(out), ckpt_path=str(weights),
-                       target_name="pancreas", **{**data_override(dataset, datalist), **override})
+    wf = make_workflow(
+        configs,
+        "evaluate.json",
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(weights),
+        target_name="pancreas",
+        **{**data_override(dataset, datalist), **override},
+    )
     wf.initialize()
     assert checked_properties(wf) == []
-    seen = run_recording_cases(wf, lambda b, o: (tuple(o["pred"].shape), tuple(o["label"].shape),
-                                                 b["points"].tolist()))
+    seen = run_recording_cases(wf, lambda b, o: (tuple(o["pred"].shape), tuple(o["label"].shape), b["points"].tolist()))
     return wf, seen
 
 
@@ -224,15 +278,25 @@ def test_evaluate_automatic_variant(configs, dataset, ct3, tmp_path):
     weights = tmp_path / "model_auto.pt"
     torch.save(build_sam3d_adapter(**TINY_SIZES, promptable=False).state_dict(), str(weights))
     out = tmp_path / "eval"
-    wf = make_workflow(configs, ["evaluate.json", "evaluate_auto.json"], "infer", output_dir=str(out),
-                       ckpt_path=str(weights), target_name="pancreas",
-                       **{**data_override(dataset), "network_def": {**TINY_NET, "promptable": False},
-                          "target_spacing": [3.0, 3.0, 3.0]})
+    wf = make_workflow(
+        configs,
+        ["evaluate.json", "evaluate_auto.json"],
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(weights),
+        target_name="pancreas",
+        **{
+            **data_override(dataset),
+            "network_def": {**TINY_NET, "promptable": False},
+            "target_spacing": [3.0, 3.0, 3.0],
+        },
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     preds = []
-    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED,
-                                   lambda e: preds.extend(o["pred"] for o in e.state.output))
+    wf.evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: preds.extend(o["pred"] for o in e.state.output)
+    )
     wf.run()
     wf.finalize()
     image, _ = ct3
@@ -252,9 +316,15 @@ def test_evaluate_label_without_target(configs, totalseg_dir, tiny_weights, ct3,
     nib.save(nib.Nifti1Image(np.where(label == PANCREAS, 0, label).astype(np.uint8), image.affine), str(no_pancreas))
     write_datalist(data / "datalist.json", [], [], ["no_pancreas"])
     out = tmp_path / "eval"
-    expect_failure(lambda: make_workflow(configs, "evaluate.json", "infer", output_dir=str(out),
-                                         ckpt_path=str(tiny_weights), **data_override(data)),
-                   out, "RandVolumePointsd", str(no_pancreas), "no foreground")
+    expect_failure(
+        lambda: make_workflow(
+            configs, "evaluate.json", "infer", output_dir=str(out), ckpt_path=str(tiny_weights), **data_override(data)
+        ),
+        out,
+        "RandVolumePointsd",
+        str(no_pancreas),
+        "no foreground",
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- inference
@@ -279,9 +349,16 @@ def test_inference_cube_geometry(configs, totalseg_dir, ct3, cube_weights, tmp_p
     pancreas = np.argwhere(label == PANCREAS)
     points = pancreas[[0, len(pancreas) // 2, -1]]  # file voxel indices on the pancreas
     out = tmp_path / "out"
-    wf = make_workflow(configs, "inference.json", "infer", output_dir=str(out), ckpt_path=str(cube_weights),
-                       network_def={"_target_": "workflow_utils.ForegroundCube"}, roi_size=ROI,
-                       input_dict={"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": points.tolist()})
+    wf = make_workflow(
+        configs,
+        "inference.json",
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(cube_weights),
+        network_def={"_target_": "workflow_utils.ForegroundCube"},
+        roi_size=ROI,
+        input_dict={"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": points.tolist()},
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     assert isinstance(wf.parser.get_parsed_content("network"), ForegroundCube)
@@ -296,7 +373,7 @@ def test_inference_cube_geometry(configs, totalseg_dir, ct3, cube_weights, tmp_p
     assert set(np.unique(pred).tolist()) == {0, 1}
     box = box_of(pred)
     lo, hi = box[:3], box[3:]
-    assert pred[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1].all()  # a filled box
+    assert pred[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1].all()  # a filled box
     expected = expected_cube_box(points.astype(np.float64), spacing=3.0, target=1.0, roi=ROI)
     assert np.abs(np.array(box) - expected).max() <= 1, (box, expected)
     assert all(b - a + 1 in (5, 6) for a, b in zip(lo, hi))  # 16 mm in 3 mm voxels
@@ -305,12 +382,24 @@ def test_inference_cube_geometry(configs, totalseg_dir, ct3, cube_weights, tmp_p
 def test_inference_point_outside(configs, totalseg_dir, cube_weights, tmp_path):
     out = tmp_path / "out"
     path = str(totalseg_dir / "ct_abdomen_3mm.nii.gz")
-    expect_failure(lambda: make_workflow(configs, "inference.json", "infer", output_dir=str(out),
-                                         ckpt_path=str(cube_weights), roi_size=ROI,
-                                         network_def={"_target_": "workflow_utils.ForegroundCube"},
-                                         input_dict={"image": path, "points": [[50, 60, 10], [122, 50, 10]]}),
-                   out, "'points'", "ct_abdomen_3mm.nii.gz", "point #1 [122.0, 50.0, 10.0]", "outside the image",
-                   "[121, 100, 29]")
+    expect_failure(
+        lambda: make_workflow(
+            configs,
+            "inference.json",
+            "infer",
+            output_dir=str(out),
+            ckpt_path=str(cube_weights),
+            roi_size=ROI,
+            network_def={"_target_": "workflow_utils.ForegroundCube"},
+            input_dict={"image": path, "points": [[50, 60, 10], [122, 50, 10]]},
+        ),
+        out,
+        "'points'",
+        "ct_abdomen_3mm.nii.gz",
+        "point #1 [122.0, 50.0, 10.0]",
+        "outside the image",
+        "[121, 100, 29]",
+    )
 
 
 def test_inference_tiny_network(configs, totalseg_dir, ct3, tiny_weights, tmp_path):
@@ -318,14 +407,21 @@ def test_inference_tiny_network(configs, totalseg_dir, ct3, tiny_weights, tmp_pa
     image, label = ct3
     point = np.argwhere(label == PANCREAS)[len(np.argwhere(label == PANCREAS)) // 2]
     out = tmp_path / "out"
-    run_inference(configs, out, {"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": [point.tolist()]},
-                  ckpt_path=str(tiny_weights), network_def=TINY_NET, roi_size=ROI, output_label=PANCREAS)
+    run_inference(
+        configs,
+        out,
+        {"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": [point.tolist()]},
+        ckpt_path=str(tiny_weights),
+        network_def=TINY_NET,
+        roi_size=ROI,
+        output_label=PANCREAS,
+    )
     assert files_left(out) == ["ct_abdomen_3mm_seg.nii.gz"]
     pred = np.asarray(nib.load(str(out / "ct_abdomen_3mm_seg.nii.gz")).dataobj)
     assert pred.shape == image.shape and set(np.unique(pred).tolist()) <= {0, PANCREAS}
     box = expected_cube_box(point[None].astype(np.float64), spacing=3.0, target=1.0, roi=ROI)
     outside = pred.copy()
-    outside[box[0] - 1:box[3] + 2, box[1] - 1:box[4] + 2, box[2] - 1:box[5] + 2] = 0
+    outside[box[0] - 1 : box[3] + 2, box[1] - 1 : box[4] + 2, box[2] - 1 : box[5] + 2] = 0
     assert not outside.any()
 
 
@@ -339,11 +435,17 @@ def test_ckpt_export_automatic_variant(configs, tmp_path):
     net = build_sam3d_adapter(**sizes).eval()
     weights = save_weights(tmp_path, net.state_dict())
     exported = tmp_path / "model_auto.ts"
-    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(weights),
-                meta_file=str(configs / "metadata.json"),
-                config_file=[str(configs / "evaluate.json"), str(configs / "evaluate_auto.json")],
-                network_def={"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **sizes},
-                use_trace=True, input_shape=[1, 1, ROI, ROI, ROI], converter_kwargs={"check_trace": False})
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(weights),
+        meta_file=str(configs / "metadata.json"),
+        config_file=[str(configs / "evaluate.json"), str(configs / "evaluate_auto.json")],
+        network_def={"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **sizes},
+        use_trace=True,
+        input_shape=[1, 1, ROI, ROI, ROI],
+        converter_kwargs={"check_trace": False},
+    )
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra)
     assert json.loads(extra["metadata.json"]) == json.loads((configs / "metadata.json").read_text())
@@ -357,7 +459,12 @@ def test_ckpt_export_promptable_network_is_unsupported(configs, tiny_weights, tm
     """ckpt_export traces with the image only and cannot script the shifted-window encoder: documented as
     unsupported for the point-prompted network (README, "TorchScript")."""
     with pytest.raises(Exception):
-        ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tiny_weights),
-                    meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
-                    network_def=TINY_NET)
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(tmp_path / "model.ts"),
+            ckpt_file=str(tiny_weights),
+            meta_file=str(configs / "metadata.json"),
+            config_file=str(configs / "inference.json"),
+            network_def=TINY_NET,
+        )
     assert not (tmp_path / "model.ts").exists()

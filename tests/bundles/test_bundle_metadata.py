@@ -27,8 +27,9 @@ def test_every_bundle_is_checked():
     for name in names:
         own = "".join(text for file, text in tests.items() if file.startswith(f"test_{name.split('_')[0]}"))
         assert "verify_net_in_out(" in own, f"{name}: no verify_net_in_out test"
-        assert '"train"' in own and '"infer"' in own and "checked_properties(wf)" in own, \
+        assert '"train"' in own and '"infer"' in own and "checked_properties(wf)" in own, (
             f"{name}: check_properties not run for both its train and inference workflows"
+        )
 
 
 @pytest.mark.parametrize("meta_file", METADATA_FILES, ids=[p.parts[-3] for p in METADATA_FILES])

@@ -19,9 +19,9 @@ import torch
 from monai.bundle import verify_net_in_out
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResampleToMatchd
+from workflow_utils import box_of, checked_properties, dice, expect_failure, files_left, make_workflow, run_inference
 
 from common.data.examples import ct_small_dicom
-from workflow_utils import box_of, checked_properties, dice, expect_failure, files_left, make_workflow, run_inference
 
 CT_SMALL_BOX = [72, 0, 109, 28]  # the default input_dict of inference.json: the descending aorta on CT_small.dcm
 
@@ -44,9 +44,13 @@ def tiny_eval_dataset(tmp_path_factory, ct3):
 def test_verify_net_in_out(configs):
     meta = json.loads((configs / "metadata.json").read_text())["network_data_format"]
     assert meta["inputs"]["image"]["spatial_shape"] == [256, 256] and meta["outputs"]["pred"]["num_channels"] == 1
-    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "inference.json"), device="cpu",
-                      extra_forward_args={"boxes": torch.tensor([[[32.0, 40.0, 180.0, 200.0]]])})
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        extra_forward_args={"boxes": torch.tensor([[[32.0, 40.0, 180.0, 200.0]]])},
+    )
 
 
 @pytest.mark.usefixtures("weights")
@@ -64,11 +68,13 @@ def test_infer_properties(configs, config, tiny_eval_dataset, tmp_path):
 def test_inference_dicom_series_liver(configs, totalseg_dir, tmp_path):
     series = totalseg_dir / "dicom"
     # The label is stored with its rows flipped relative to the series: pair it through the affines.
-    ref = Compose([
-        LoadImaged(["image", "label"], reader="ITKReader", image_only=True),
-        EnsureChannelFirstd(["image", "label"]),
-        ResampleToMatchd("label", "image", mode="nearest"),
-    ])({"image": str(series), "label": str(totalseg_dir / "ct_dicom_labels.nii.gz")})
+    ref = Compose(
+        [
+            LoadImaged(["image", "label"], reader="ITKReader", image_only=True),
+            EnsureChannelFirstd(["image", "label"]),
+            ResampleToMatchd("label", "image", mode="nearest"),
+        ]
+    )({"image": str(series), "label": str(totalseg_dir / "ct_dicom_labels.nii.gz")})
     series_affine = ref["image"].affine.numpy()
     liver = ref["label"][0].numpy().round() == 5
     stored = np.asarray(nib.load(str(totalseg_dir / "ct_dicom_labels.nii.gz")).dataobj) == 5
@@ -76,8 +82,13 @@ def test_inference_dicom_series_liver(configs, totalseg_dir, tmp_path):
 
     box = box_of(liver)
     out = tmp_path / "out"
-    wf = make_workflow(configs, "inference.json", "infer", output_dir=str(out),
-                       input_dict={"image": str(series), "boxes": [box], "box_labels": [5]})
+    wf = make_workflow(
+        configs,
+        "inference.json",
+        "infer",
+        output_dir=str(out),
+        input_dict={"image": str(series), "boxes": [box], "box_labels": [5]},
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     wf.run()
@@ -113,8 +124,9 @@ def test_inference_nifti_boxes_follow_orientation(configs, totalseg_dir, ct3, ax
     pre = wf.parser.get_parsed_content("preprocessing")(dict(input_dict))
     nx, ny, _ = image.shape
     if axcodes == "LPS":
-        expected = [[nx - 1 - b[3], ny - 1 - b[4], b[2], nx - 1 - b[0], ny - 1 - b[1], b[5]]
-                    for b in (liver, kidney_left)]
+        expected = [
+            [nx - 1 - b[3], ny - 1 - b[4], b[2], nx - 1 - b[0], ny - 1 - b[1], b[5]] for b in (liver, kidney_left)
+        ]
         assert np.sign(np.diag(pre["image"].affine.numpy())[:3]).tolist() == [-1, -1, 1]
     else:
         expected = [liver, kidney_left]
@@ -141,7 +153,7 @@ def test_inference_default_input(configs, tmp_path):
     assert pred.shape == (128, 128, 1)
     assert set(np.unique(pred).tolist()) == {0, 1}
     x0, y0, x1, y1 = CT_SMALL_BOX
-    inside = pred[x0:x1 + 1, y0:y1 + 1].sum()
+    inside = pred[x0 : x1 + 1, y0 : y1 + 1].sum()
     assert inside > 100 and inside >= 0.95 * pred.sum()
 
 
@@ -172,8 +184,11 @@ def test_inference_3d_box_on_one_slice(configs, totalseg_dir, ct3, tmp_path):
     z = 15
     x0, y0, x1, y1 = box_of(label[:, :, z] == 5)
     out = tmp_path / "out"
-    run_inference(configs, out, {"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"),
-                                 "boxes": [[x0, y0, z, x1, y1, z]], "box_labels": [5]})
+    run_inference(
+        configs,
+        out,
+        {"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "boxes": [[x0, y0, z, x1, y1, z]], "box_labels": [5]},
+    )
     pred = np.asarray(nib.load(str(out / "ct_abdomen_3mm_seg.nii.gz")).dataobj)
     assert pred.shape == image.shape
     assert np.flatnonzero(pred.any(axis=(0, 1))).tolist() == [z]
@@ -185,10 +200,20 @@ def test_inference_medsam_vitb_option(configs, tmp_path):
     """ViT-B override: without its weights it stops with the MedSAM hint; with (random) weights it runs at 1024 px."""
     out = tmp_path / "out"
     missing = tmp_path / "medsam_vit_b.pt"
-    text = expect_failure(lambda: make_workflow(configs, ["inference.json", "inference_medsam_vitb.json"], "infer",
-                                                output_dir=str(out), ckpt_path=str(missing)),
-                          out, "model weights not found", str(missing), "bowang-lab/MedSAM",
-                          "convert_checkpoint.py medsam")
+    text = expect_failure(
+        lambda: make_workflow(
+            configs,
+            ["inference.json", "inference_medsam_vitb.json"],
+            "infer",
+            output_dir=str(out),
+            ckpt_path=str(missing),
+        ),
+        out,
+        "model weights not found",
+        str(missing),
+        "bowang-lab/MedSAM",
+        "convert_checkpoint.py medsam",
+    )
     assert "litemedsam" not in text.lower()
 
     from common.networks.medsam import build_medsam_vit_b
@@ -211,8 +236,14 @@ def test_inference_medsam_vitb_option(configs, tmp_path):
 @pytest.mark.usefixtures("weights")
 def test_evaluate_tiny(configs, tiny_eval_dataset, tmp_path):
     out = tmp_path / "eval"
-    wf = make_workflow(configs, "evaluate.json", "infer", dataset_dir=str(tiny_eval_dataset), output_dir=str(out),
-                       structures={"3": "kidney_left", "5": "liver"})
+    wf = make_workflow(
+        configs,
+        "evaluate.json",
+        "infer",
+        dataset_dir=str(tiny_eval_dataset),
+        output_dir=str(out),
+        structures={"3": "kidney_left", "5": "liver"},
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     wf.run()
@@ -221,7 +252,11 @@ def test_evaluate_tiny(configs, tiny_eval_dataset, tmp_path):
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["protocol"], r["structure"]) for r in rows) == [
-        ("propagation", "kidney_left"), ("propagation", "liver"), ("slices", "kidney_left"), ("slices", "liver")]
+        ("propagation", "kidney_left"),
+        ("propagation", "liver"),
+        ("slices", "kidney_left"),
+        ("slices", "liver"),
+    ]
     assert all(r["case"].startswith("crop") for r in rows)
     assert all(float(r["dice"]) > 0.7 and 0.0 <= float(r["nsd"]) <= 1.0 for r in rows), rows
     summary = json.loads((out / "metrics.json").read_text())["summary"]
@@ -239,31 +274,57 @@ def bad_inputs(tmp_path, totalseg_dir):
     ct_small = ct_small_dicom()
     x0, y0, x1, y1 = CT_SMALL_BOX
     return {
-        "missing image": ({"image": str(tmp_path / "missing.nii.gz"), "boxes": [[0, 0, 0, 1, 1, 1]]}, {},
-                          ["'image'", "input not found", "missing.nii.gz"]),
+        "missing image": (
+            {"image": str(tmp_path / "missing.nii.gz"), "boxes": [[0, 0, 0, 1, 1, 1]]},
+            {},
+            ["'image'", "input not found", "missing.nii.gz"],
+        ),
         "unreadable file": ({"image": str(garbage), "boxes": [[0, 0, 0, 1, 1, 1]]}, {}, [str(garbage)]),
-        "3D box on a 2D image": ({"image": ct_small, "boxes": [[x0, y0, 0, x1, y1, 0]]}, {},
-                                 ["'boxes'", "CT_small.dcm", "volume is required"]),
+        "3D box on a 2D image": (
+            {"image": ct_small, "boxes": [[x0, y0, 0, x1, y1, 0]]},
+            {},
+            ["'boxes'", "CT_small.dcm", "volume is required"],
+        ),
         "inverted box": ({"image": ct_small, "boxes": [[x1, y0, x0, y1]]}, {}, ["'boxes'", "CT_small.dcm", "inverted"]),
-        "box outside": ({"image": ct_small, "boxes": [[x0, y0, x1, 128]]}, {},
-                        ["'boxes'", "CT_small.dcm", "outside the image", "[127, 127, 0]"]),
-        "NaN voxels": ({"image": str(tmp_path / "with_nan.nii.gz"), "boxes": [[0, 0, 0, 1, 1, 1]]}, {},
-                       ["'image'", "with_nan.nii.gz", "1 NaN/infinite voxels"]),
-        "missing weights": (None, {"ckpt_path": str(tmp_path / "no_model.pt")},
-                            ["model weights not found", "no_model.pt", "convert_checkpoint.py litemedsam"]),
+        "box outside": (
+            {"image": ct_small, "boxes": [[x0, y0, x1, 128]]},
+            {},
+            ["'boxes'", "CT_small.dcm", "outside the image", "[127, 127, 0]"],
+        ),
+        "NaN voxels": (
+            {"image": str(tmp_path / "with_nan.nii.gz"), "boxes": [[0, 0, 0, 1, 1, 1]]},
+            {},
+            ["'image'", "with_nan.nii.gz", "1 NaN/infinite voxels"],
+        ),
+        "missing weights": (
+            None,
+            {"ckpt_path": str(tmp_path / "no_model.pt")},
+            ["model weights not found", "no_model.pt", "convert_checkpoint.py litemedsam"],
+        ),
     }
 
 
 @pytest.mark.usefixtures("weights")
-@pytest.mark.parametrize("case", ["missing image", "unreadable file", "3D box on a 2D image", "inverted box",
-                                  "box outside", "NaN voxels", "missing weights"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing image",
+        "unreadable file",
+        "3D box on a 2D image",
+        "inverted box",
+        "box outside",
+        "NaN voxels",
+        "missing weights",
+    ],
+)
 def test_inference_bad_input(configs, bad_inputs, case, tmp_path):
     input_dict, override, fragments = bad_inputs[case]
     out = tmp_path / "out"
     if input_dict is not None:
         override = {**override, "input_dict": input_dict}
-    expect_failure(lambda: make_workflow(configs, "inference.json", "infer", output_dir=str(out), **override),
-                   out, *fragments)
+    expect_failure(
+        lambda: make_workflow(configs, "inference.json", "infer", output_dir=str(out), **override), out, *fragments
+    )
 
 
 @pytest.mark.usefixtures("weights")
@@ -276,9 +337,12 @@ def test_evaluate_empty_reference_label(configs, totalseg_dir, ct3, tmp_path):
     empty = data / "labelsTs" / "case.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(empty))
     out = tmp_path / "eval"
-    expect_failure(lambda: make_workflow(configs, "evaluate.json", "infer", dataset_dir=str(data),
-                                         output_dir=str(out)),
-                   out, str(empty), "empty label")
+    expect_failure(
+        lambda: make_workflow(configs, "evaluate.json", "infer", dataset_dir=str(data), output_dir=str(out)),
+        out,
+        str(empty),
+        "empty label",
+    )
 
 
 def test_atomic_save_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-
-from common.networks.medsam import build_lite_medsam
 from workflow_utils import checked_properties, make_workflow, run_bundle_torchrun
 
-TINY = {"epochs": 1, "slices_per_volume": 2, "batch_size": 2, "val_slices_per_structure": 1, "num_workers": 0,
-        "cache_rate": 0.0}
+from common.networks.medsam import build_lite_medsam
+
+TINY = {
+    "epochs": 1,
+    "slices_per_volume": 2,
+    "batch_size": 2,
+    "val_slices_per_structure": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+}
 ORGANS = [1, 2, 3, 5, 6, 7]
 
 
@@ -49,8 +55,17 @@ def load_checkpoint(path: Path):
 
 def test_train(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    wf = make_workflow(configs, "train.json", "train", dataset_dir=str(train_dataset), ckpt_dir=str(ckpt_dir),
-                       output_dir=str(tmp_path / "runs"), load_pretrain=True, pretrained_path=str(weights), **TINY)
+    wf = make_workflow(
+        configs,
+        "train.json",
+        "train",
+        dataset_dir=str(train_dataset),
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(tmp_path / "runs"),
+        load_pretrain=True,
+        pretrained_path=str(weights),
+        **TINY,
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     wf.run()
@@ -72,9 +87,17 @@ def test_train(configs, train_dataset, weights, tmp_path):
 
 def test_train_decoder_only(configs, train_dataset, weights, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    wf = make_workflow(configs, ["train.json", "train_decoder_only.json"], "train", dataset_dir=str(train_dataset),
-                       ckpt_dir=str(ckpt_dir), output_dir=str(tmp_path / "runs"), load_pretrain=True,
-                       pretrained_path=str(weights), **{**TINY, "epochs": 2})
+    wf = make_workflow(
+        configs,
+        ["train.json", "train_decoder_only.json"],
+        "train",
+        dataset_dir=str(train_dataset),
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(tmp_path / "runs"),
+        load_pretrain=True,
+        pretrained_path=str(weights),
+        **{**TINY, "epochs": 2},
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     net = wf.parser.get_parsed_content("network")
@@ -105,8 +128,14 @@ def test_train_decoder_only(configs, train_dataset, weights, tmp_path):
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, train_dataset, weights, tmp_path):
     """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
     ckpt_dir = tmp_path / "ckpt"
-    overrides = {**TINY, "dataset_dir": train_dataset, "ckpt_dir": ckpt_dir, "output_dir": tmp_path / "runs",
-                 "load_pretrain": True, "pretrained_path": weights}
+    overrides = {
+        **TINY,
+        "dataset_dir": train_dataset,
+        "ckpt_dir": ckpt_dir,
+        "output_dir": tmp_path / "runs",
+        "load_pretrain": True,
+        "pretrained_path": weights,
+    }
     output = run_bundle_torchrun([configs / "train.json", configs / "multi_gpu_train.json"], overrides, repo_root)
     assert "val_mean_dice" in output
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]

@@ -19,9 +19,6 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import verify_net_in_out
-
-from common.networks.msa import TINY_SIZES, build_msa
-from common.networks.sam import build_sam_vit
 from workflow_utils import (
     ClickSlices,
     checked_properties,
@@ -35,6 +32,9 @@ from workflow_utils import (
     run_recording_cases,
     save_weights,
 )
+
+from common.networks.msa import TINY_SIZES, build_msa
+from common.networks.sam import build_sam_vit
 
 ORGANS = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas"]
 STRUCTURES = list(range(1, len(ORGANS) + 1))
@@ -117,33 +117,51 @@ def test_metadata_matches_config(configs):
 
 
 def test_verify_net_in_out(configs):
-    shapes = {f"_meta_#network_data_format#{part}#spatial_shape": [ROI] * 3
-              for part in ("inputs#image", "inputs#condition", "outputs#pred")}
+    shapes = {
+        f"_meta_#network_data_format#{part}#spatial_shape": [ROI] * 3
+        for part in ("inputs#image", "inputs#condition", "outputs#pred")
+    }
     condition = torch.zeros(1, 1, ROI, ROI, ROI)
     condition[0, 0, 5, 7, :8] = 1.0
     condition[0, 0, 2, 3, 8:] = -1.0
-    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "inference.json"), device="cpu", network_def=TINY_NET,
-                      roi_size=ROI, extra_forward_args={"condition": condition}, **shapes)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        network_def=TINY_NET,
+        roi_size=ROI,
+        extra_forward_args={"condition": condition},
+        **shapes,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------ train
 def train_workflow(configs: Path, dataset: Path, tmp_path: Path, **override):
-    return make_workflow(configs, "train.json", "train", ckpt_dir=str(tmp_path / "ckpt"),
-                         output_dir=str(tmp_path / "runs"), num_samples=2, **{**data_override(dataset), **override})
+    return make_workflow(
+        configs,
+        "train.json",
+        "train",
+        ckpt_dir=str(tmp_path / "ckpt"),
+        output_dir=str(tmp_path / "runs"),
+        num_samples=2,
+        **{**data_override(dataset), **override},
+    )
 
 
 def record_losses(wf) -> list[float]:
     losses: list[float] = []
-    wf.trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                                 lambda engine: losses.append(float(engine.state.output[0]["loss"])))
+    wf.trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: losses.append(float(engine.state.output[0]["loss"]))
+    )
     return losses
 
 
 def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
     """2 epochs from the tiny SAM checkpoint, validated at the end: SAM stays frozen, adapters and decoder learn."""
-    wf = train_workflow(configs, dataset, tmp_path, init_from_sam=True, sam_checkpoint=str(sam_checkpoint),
-                        epochs=2, val_interval=2)
+    wf = train_workflow(
+        configs, dataset, tmp_path, init_from_sam=True, sam_checkpoint=str(sam_checkpoint), epochs=2, val_interval=2
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     net = wf.parser.get_parsed_content("network")
@@ -163,8 +181,7 @@ def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
     adapters = {k for k in saved if ".adapters." in k}
     assert {k for k in saved if k not in adapters} == set(sam)  # every non-adapter key comes from SAM
     assert trainable == adapters | {k for k in saved if k.startswith("mask_decoder.")}
-    assert {k.split(".adapters.")[1].split(".")[0] for k in adapters} == {"after_attn", "parallel_mlp",
-                                                                           "parallel_attn"}
+    assert {k.split(".adapters.")[1].split(".")[0] for k in adapters} == {"after_attn", "parallel_mlp", "parallel_attn"}
     for key in ("image_encoder.blocks.0.attn.rel_pos_h", "image_encoder.blocks.1.attn.rel_pos_w"):
         assert sam[key].abs().sum() > 0 and torch.equal(saved[key], sam[key]), key
     for key, value in sam.items():
@@ -178,17 +195,24 @@ def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
 
 def test_train_missing_sam_checkpoint(configs, dataset, tmp_path):
     missing = tmp_path / "sam_vit_b_01ec64.pth"
-    expect_failure(lambda: train_workflow(configs, dataset, tmp_path, sam_checkpoint=str(missing)),
-                   tmp_path / "ckpt", "FileNotFoundError", str(missing), "SAM ViT-B checkpoint not found",
-                   "Download SAM ViT-B", "github.com/facebookresearch/segment-anything")
+    expect_failure(
+        lambda: train_workflow(configs, dataset, tmp_path, sam_checkpoint=str(missing)),
+        tmp_path / "ckpt",
+        "FileNotFoundError",
+        str(missing),
+        "SAM ViT-B checkpoint not found",
+        "Download SAM ViT-B",
+        "github.com/facebookresearch/segment-anything",
+    )
 
 
 def test_train_loss_decreases(configs, dataset, tmp_path):
     """60 iterations (one volume, two crops each) at a 10x learning rate: the loss goes down. Without validation
     (``val_interval`` past the end) to keep it short; test_train_from_sam covers validation."""
     epochs = 60
-    wf = train_workflow(configs, dataset, tmp_path, init_from_sam=False, epochs=epochs, val_interval=epochs + 1,
-                        learning_rate=1e-3)
+    wf = train_workflow(
+        configs, dataset, tmp_path, init_from_sam=False, epochs=epochs, val_interval=epochs + 1, learning_rate=1e-3
+    )
     wf.initialize()
     losses = record_losses(wf)
     started = time.perf_counter()
@@ -196,8 +220,10 @@ def test_train_loss_decreases(configs, dataset, tmp_path):
     wf.finalize()
     elapsed = time.perf_counter() - started
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
-    print(f"\nmsa tiny training: {len(losses)} iterations in {elapsed:.1f} s, mean loss of the first 10 {first:.4f}, "
-          f"of the last 10 {last:.4f}")
+    print(
+        f"\nmsa tiny training: {len(losses)} iterations in {elapsed:.1f} s, mean loss of the first 10 {first:.4f}, "
+        f"of the last 10 {last:.4f}"
+    )
     assert len(losses) == epochs and all(math.isfinite(v) for v in losses)
     assert last < 0.95 * first, (first, last)
 
@@ -206,11 +232,22 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, sam_checkpoi
     """Two CPU processes with DistributedDataParallel over gloo on 127.0.0.1; they must finish by themselves."""
     ckpt_dir = tmp_path / "ckpt"
     tiny = tmp_path / "tiny.json"  # the overrides as a third config file: nested values need no CLI quoting
-    tiny.write_text(json.dumps({**data_override(dataset), "ckpt_dir": str(ckpt_dir), "epochs": 1, "val_interval": 1,
-                                "num_samples": 2, "output_dir": str(tmp_path / "runs"),
-                                "sam_checkpoint": str(sam_checkpoint)}))
-    output = run_bundle_torchrun([configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root,
-                                 timeout=240)
+    tiny.write_text(
+        json.dumps(
+            {
+                **data_override(dataset),
+                "ckpt_dir": str(ckpt_dir),
+                "epochs": 1,
+                "val_interval": 1,
+                "num_samples": 2,
+                "output_dir": str(tmp_path / "runs"),
+                "sam_checkpoint": str(sam_checkpoint),
+            }
+        )
+    )
+    output = run_bundle_torchrun(
+        [configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root, timeout=240
+    )
     assert "val_mean_dice" in output
     assert files_left(ckpt_dir) == ["model.pt"]
     load_tiny(ckpt_dir / "model.pt")
@@ -218,8 +255,15 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, sam_checkpoi
 
 # --------------------------------------------------------------------------------------------------------- evaluate
 def evaluate_workflow(configs: Path, dataset: Path, weights: Path, out: Path, **override):
-    return make_workflow(configs, "evaluate.json", "infer", output_dir=str(out), ckpt_path=str(weights),
-                         structure_names=ORGANS, **{**data_override(dataset), **override})
+    return make_workflow(
+        configs,
+        "evaluate.json",
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(weights),
+        structure_names=ORGANS,
+        **{**data_override(dataset), **override},
+    )
 
 
 def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path):
@@ -227,9 +271,15 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path):
     wf = evaluate_workflow(configs, dataset, weights, out)
     wf.initialize()
     assert checked_properties(wf) == []
-    seen = run_recording_cases(wf, lambda b, o: (tuple(o["pred"].shape), tuple(o["label"].shape),
-                                                 set(torch.unique(o["pred"]).tolist()),
-                                                 torch.as_tensor(b["clicks"]).clone()))
+    seen = run_recording_cases(
+        wf,
+        lambda b, o: (
+            tuple(o["pred"].shape),
+            tuple(o["label"].shape),
+            set(torch.unique(o["pred"]).tolist()),
+            torch.as_tensor(b["clicks"]).clone(),
+        ),
+    )
     return wf, seen
 
 
@@ -239,7 +289,8 @@ def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
     assert files_left(tmp_path / "eval1") == ["metrics.csv", "metrics.json"]
     rows = read_metrics_rows(tmp_path / "eval1")
     assert [(r["case"], r["protocol"], r["structure"], r["label"]) for r in rows] == [
-        ("case_a", "clicks", name, str(value)) for name, value in zip(ORGANS, STRUCTURES)]
+        ("case_a", "clicks", name, str(value)) for name, value in zip(ORGANS, STRUCTURES)
+    ]
     assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0 for r in rows), rows
     report = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
     assert sorted(report["summary"]["clicks"]) == sorted(ORGANS) and report["tolerance_mm"] == 2.0
@@ -263,12 +314,22 @@ def test_evaluate(configs, dataset, tiny_weights, ct3, tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- inference
 def inference_workflow(configs: Path, out: Path, weights: Path, input_dict: dict, **override):
-    return make_workflow(configs, "inference.json", "infer", output_dir=str(out), ckpt_path=str(weights),
-                         roi_size=ROI, network_def=FAKE_NET, input_dict=input_dict, **override)
+    return make_workflow(
+        configs,
+        "inference.json",
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(weights),
+        roi_size=ROI,
+        network_def=FAKE_NET,
+        input_dict=input_dict,
+        **override,
+    )
 
 
-def expected_slices(file_affine: np.ndarray, array_affine: np.ndarray, array_depth: int, points: np.ndarray,
-                    depth: int):
+def expected_slices(
+    file_affine: np.ndarray, array_affine: np.ndarray, array_depth: int, points: np.ndarray, depth: int
+):
     """File slices that a prediction of exactly the clicked slices of the resampled array maps back onto.
 
     A point's file index goes through both affines to the array's z index (kept inside its ``array_depth`` slices),
@@ -294,15 +355,25 @@ def test_inference_clicked_slices(configs, totalseg_dir, ct3, fake_weights, tmp_
     points = np.array([np.append(np.argwhere(label[:, :, k] == LIVER).mean(0).round(), k) for k in file_slices])
     assert all(label[int(x), int(y), int(z)] == LIVER for x, y, z in points)
     out = tmp_path / "out"
-    wf = inference_workflow(configs, out, fake_weights, output_label=LIVER, input_dict={
-        "image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"), "points": points.tolist(), "point_labels": [1, 1]})
+    wf = inference_workflow(
+        configs,
+        out,
+        fake_weights,
+        output_label=LIVER,
+        input_dict={
+            "image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"),
+            "points": points.tolist(),
+            "point_labels": [1, 1],
+        },
+    )
     wf.initialize()
     assert checked_properties(wf) == []
     assert isinstance(wf.parser.get_parsed_content("network"), ClickSlices)
     item = wf.parser.get_parsed_content("dataset")[0]  # the preprocessed input: resampled image and click map
     assert np.allclose(np.abs(np.diag(item["image"].affine.numpy())[:3]), [1.5, 1.5, 2.0])
-    clicked, sure, maybe = expected_slices(image.affine, item["image"].affine.numpy(), item["image"].shape[-1],
-                                           points, image.shape[2])
+    clicked, sure, maybe = expected_slices(
+        image.affine, item["image"].affine.numpy(), item["image"].shape[-1], points, image.shape[2]
+    )
     assert set(torch.nonzero(item["clicks"][0])[:, 2].tolist()) == clicked
     assert set(file_slices) <= sure and 11 not in sure | maybe  # 3 mm apart -> 1.5 array slices, not adjacent
     wf.run()
@@ -322,15 +393,35 @@ def test_inference_clicked_slices(configs, totalseg_dir, ct3, fake_weights, tmp_
 def test_inference_point_outside(configs, totalseg_dir, fake_weights, tmp_path):
     out = tmp_path / "out"
     path = str(totalseg_dir / "ct_abdomen_3mm.nii.gz")
-    expect_failure(lambda: inference_workflow(configs, out, fake_weights, input_dict={
-        "image": path, "points": [[50, 60, 10], [122, 50, 10]], "point_labels": [1, 1]}),
-        out, "'points'", "ct_abdomen_3mm.nii.gz", "point #1 [122.0, 50.0, 10.0]", "outside the image",
-        "[121, 100, 29]")
+    expect_failure(
+        lambda: inference_workflow(
+            configs,
+            out,
+            fake_weights,
+            input_dict={"image": path, "points": [[50, 60, 10], [122, 50, 10]], "point_labels": [1, 1]},
+        ),
+        out,
+        "'points'",
+        "ct_abdomen_3mm.nii.gz",
+        "point #1 [122.0, 50.0, 10.0]",
+        "outside the image",
+        "[121, 100, 29]",
+    )
 
 
 def test_inference_point_labels_mismatch(configs, totalseg_dir, fake_weights, tmp_path):
     out = tmp_path / "out"
     path = str(totalseg_dir / "ct_abdomen_3mm.nii.gz")
-    expect_failure(lambda: inference_workflow(configs, out, fake_weights, input_dict={
-        "image": path, "points": [[50, 60, 10], [55, 60, 12]], "point_labels": [1]}),
-        out, "'point_labels'", "ct_abdomen_3mm.nii.gz", "one label per point (2 points)", "got [1]")
+    expect_failure(
+        lambda: inference_workflow(
+            configs,
+            out,
+            fake_weights,
+            input_dict={"image": path, "points": [[50, 60, 10], [55, 60, 12]], "point_labels": [1]},
+        ),
+        out,
+        "'point_labels'",
+        "ct_abdomen_3mm.nii.gz",
+        "one label per point (2 points)",
+        "got [1]",
+    )

@@ -16,13 +16,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from workflow_utils import run_inference, save_weights
 
 from common.networks import medsam
 from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
-from workflow_utils import run_inference, save_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import package_bundle  # noqa: E402
@@ -62,8 +62,10 @@ def test_zip_layout_and_determinism(repo_root, zips, name, tmp_path):
     for text in configs.values():
         for reference in package_bundle.config_modules_in(text):
             parts = reference.split(".")
-            assert any(f"{name}/{'/'.join(parts[:d])}.py" in names or f"{name}/{'/'.join(parts[:d])}/__init__.py"
-                       in names for d in range(2, len(parts) + 1)), reference
+            assert any(
+                f"{name}/{'/'.join(parts[:d])}.py" in names or f"{name}/{'/'.join(parts[:d])}/__init__.py" in names
+                for d in range(2, len(parts) + 1)
+            ), reference
     assert "sam-medical-bundles" not in meta["required_packages_version"]
     assert {"nibabel", "itk", "pytorch-ignite", "fire"} <= set(meta["required_packages_version"])
 
@@ -83,7 +85,7 @@ def test_large_files_yml_matches_the_published_weights(repo_root):
     listing = (repo_root / "bundles" / "medsam" / "large_files.yml").read_text()
     assert package_bundle.large_file_paths(repo_root / "bundles" / "medsam") == {"models/model.pt"}
     assert package_bundle.sha256(medsam.litemedsam_asset_path()) in listing
-    assert "hash_type: \"sha256\"" in listing
+    assert 'hash_type: "sha256"' in listing
 
 
 class FreshVenv:
@@ -96,16 +98,26 @@ class FreshVenv:
         self.env["PATH"] = f"{root / 'bin'}{os.pathsep}{self.env.get('PATH', '')}"
 
     def run(self, args: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> str:
-        done = subprocess.run([self.python, *args], cwd=cwd, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [self.python, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
         return done.stdout + done.stderr
 
     def download(self, archive: Path, into: Path) -> Path:
         """``monai.bundle.download(name, bundle_dir, url=file://...)``; returns the unpacked bundle folder."""
         name = archive.name.split("_v")[0]
-        self.run(["-c", "import sys, monai.bundle; monai.bundle.download(name=sys.argv[1], bundle_dir=sys.argv[2], "
-                  "url=sys.argv[3])", name, str(into), archive.as_uri()], into.parent)
+        self.run(
+            [
+                "-c",
+                "import sys, monai.bundle; monai.bundle.download(name=sys.argv[1], bundle_dir=sys.argv[2], "
+                "url=sys.argv[3])",
+                name,
+                str(into),
+                archive.as_uri(),
+            ],
+            into.parent,
+        )
         return into / name
 
 
@@ -118,8 +130,12 @@ def fresh_venv(zips, tmp_path_factory) -> FreshVenv:
     for archive in zips.values():
         with zipfile.ZipFile(archive) as z:
             meta = json.loads(z.read(f"{archive.name.split('_v')[0]}/configs/metadata.json"))
-        pins |= {f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}",
-                 f"numpy=={meta['numpy_version']}", *[f"{k}=={v}" for k, v in meta["required_packages_version"].items()]}
+        pins |= {
+            f"torch=={meta['pytorch_version']}",
+            f"monai=={meta['monai_version']}",
+            f"numpy=={meta['numpy_version']}",
+            *[f"{k}=={v}" for k, v in meta["required_packages_version"].items()],
+        }
     venv = FreshVenv(root)
     venv.run(["-m", "pip", "install", "--quiet", *sorted(pins)], root.parent, VENV_INSTALL_TIMEOUT_S)
     return venv
@@ -132,15 +148,21 @@ def test_medsam_download_and_run_in_a_fresh_venv(repo_root, zips, fresh_venv, li
     bundle = fresh_venv.download(zips["medsam"], tmp_path / "downloaded")
     listing = bundle / "large_files.yml"
     published = Path(medsam.litemedsam_asset_path())
-    listing.write_text("\n".join(f'    url: "{published.as_uri()}"' if line.strip().startswith("url:") else line
-                                 for line in listing.read_text().splitlines()) + "\n")
+    listing.write_text(
+        "\n".join(
+            f'    url: "{published.as_uri()}"' if line.strip().startswith("url:") else line
+            for line in listing.read_text().splitlines()
+        )
+        + "\n"
+    )
     fresh_venv.run(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], tmp_path)
     assert (bundle / "models" / "model.pt").read_bytes() == published.read_bytes()
 
     where = fresh_venv.run(["-c", "import common; print(common.__file__)"], bundle)
     assert str(bundle / "common" / "__init__.py") in where
-    fresh_venv.run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out"],
-                   bundle)
+    fresh_venv.run(
+        ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out"], bundle
+    )
     (theirs,) = list((bundle / "out").glob("*_seg.nii.gz"))
 
     run_inference(repo_root / "bundles" / "medsam" / "configs", tmp_path / "ours", ckpt_path=str(litemedsam_weights))
@@ -157,10 +179,18 @@ def assert_same_image(a: Path, b: Path) -> None:
 
 
 TINY_RUNS = {
-    "3dsam_pancreas": ({"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
-                       {"roi_size": SAM3D_TINY["roi_size"]}, lambda: build_sam3d_adapter(**SAM3D_TINY), ["points"]),
-    "msa": ({"_target_": "common.networks.msa.build_msa", "num_slices": 16, **MSA_TINY},
-            {"num_slices": 16}, lambda: build_msa(num_slices=16, **MSA_TINY), ["points", "point_labels"]),
+    "3dsam_pancreas": (
+        {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
+        {"roi_size": SAM3D_TINY["roi_size"]},
+        lambda: build_sam3d_adapter(**SAM3D_TINY),
+        ["points"],
+    ),
+    "msa": (
+        {"_target_": "common.networks.msa.build_msa", "num_slices": 16, **MSA_TINY},
+        {"num_slices": 16},
+        lambda: build_msa(num_slices=16, **MSA_TINY),
+        ["points", "point_labels"],
+    ),
 }
 
 
@@ -179,8 +209,9 @@ def test_tiny_point_bundle_runs_in_a_fresh_venv(repo_root, zips, fresh_venv, ct3
 
     bundle = fresh_venv.download(zips[name], tmp_path / "downloaded")
     cli = [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
-    fresh_venv.run(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out",
-                    *cli], bundle)
+    fresh_venv.run(
+        ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out", *cli], bundle
+    )
     (theirs,) = list((bundle / "out").glob("*_seg.nii.gz"))
     run_inference(repo_root / "bundles" / name / "configs", tmp_path / "ours", **overrides)
     (ours,) = list((tmp_path / "ours").glob("*_seg.nii.gz"))

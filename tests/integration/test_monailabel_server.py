@@ -25,12 +25,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
-
-from common.networks.medsam import build_lite_medsam
-from common.networks.msa import TINY_SIZES as MSA_TINY
-from common.networks.msa import build_msa
-from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
-from common.networks.sam3d_adapter import build_sam3d_adapter
 from workflow_utils import (
     box_of,
     dice,
@@ -41,6 +35,12 @@ from workflow_utils import (
     save_weights,
     stop_process_group,
 )
+
+from common.networks.medsam import build_lite_medsam
+from common.networks.msa import TINY_SIZES as MSA_TINY
+from common.networks.msa import build_msa
+from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
+from common.networks.sam3d_adapter import build_sam3d_adapter
 
 client_module = pytest.importorskip("monailabel.client", reason="needs the monailabel extra: pip install .[monailabel]")
 ClientError = client_module.client.MONAILabelClientException
@@ -55,27 +55,45 @@ MEDSAM_LIVER_DICE_MIN = 0.89
 TINY_CONFIGS = {
     "3dsam_pancreas": {
         "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
-        "roi_size": SAM3D_TINY["roi_size"], "target_labels": [PANCREAS], "init_from_sam": False,
-        "num_workers": 0, "cache_rate": 0.0,
+        "roi_size": SAM3D_TINY["roi_size"],
+        "target_labels": [PANCREAS],
+        "init_from_sam": False,
+        "num_workers": 0,
+        "cache_rate": 0.0,
     },
     "msa": {
         "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": MSA_SLICES, **MSA_TINY},
-        "num_slices": MSA_SLICES, "roi_size": MSA_SLICES, "num_workers": 0, "init_from_sam": False,
+        "num_slices": MSA_SLICES,
+        "roi_size": MSA_SLICES,
+        "num_workers": 0,
+        "init_from_sam": False,
         "val_interval": 1,  # published: every 5 epochs; MONAI Label's 1-epoch run must validate to save
     },
 }
 
 
-SMALL_MEDSAM_TRAINING = {"slices_per_volume": 2, "batch_size": 2, "val_slices_per_structure": 1, "num_workers": 0,
-                         "cache_rate": 0.0}
-NETWORKS = {"3dsam_pancreas": lambda: build_sam3d_adapter(**SAM3D_TINY),
-            "msa": lambda: build_msa(num_slices=MSA_SLICES, **MSA_TINY),
-            "medsam": build_lite_medsam}
+SMALL_MEDSAM_TRAINING = {
+    "slices_per_volume": 2,
+    "batch_size": 2,
+    "val_slices_per_structure": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+}
+NETWORKS = {
+    "3dsam_pancreas": lambda: build_sam3d_adapter(**SAM3D_TINY),
+    "msa": lambda: build_msa(num_slices=MSA_SLICES, **MSA_TINY),
+    "medsam": build_lite_medsam,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
-def bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: dict,
-                configs: tuple[str, ...] = ("inference.json", "train.json")) -> None:
+def bundle_copy(
+    repo_bundle: Path,
+    target: Path,
+    overrides: dict,
+    weights: dict,
+    configs: tuple[str, ...] = ("inference.json", "train.json"),
+) -> None:
     """``repo_bundle`` copied to ``target`` with the ``configs`` MONAI Label reads rewritten by ``overrides`` (keys
     they define), and ``weights`` saved as ``models/model.pt``."""
     shutil.copytree(repo_bundle, target, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
@@ -94,13 +112,26 @@ def bundle_copy(repo_bundle: Path, target: Path, overrides: dict, weights: dict,
 def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("label_bundles")
     # MedSAM: the real weights and inference config; a small training run (2 slices per volume)
-    bundle_copy(repo_root / "bundles" / "medsam", root / "medsam", SMALL_MEDSAM_TRAINING,
-                torch.load(str(litemedsam_weights), weights_only=True), configs=("train.json",))
+    bundle_copy(
+        repo_root / "bundles" / "medsam",
+        root / "medsam",
+        SMALL_MEDSAM_TRAINING,
+        torch.load(str(litemedsam_weights), weights_only=True),
+        configs=("train.json",),
+    )
     torch.manual_seed(0)
-    bundle_copy(repo_root / "bundles" / "3dsam_pancreas", root / "3dsam_pancreas", TINY_CONFIGS["3dsam_pancreas"],
-                build_sam3d_adapter(**SAM3D_TINY).state_dict())
-    bundle_copy(repo_root / "bundles" / "msa", root / "msa", TINY_CONFIGS["msa"],
-                build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict())
+    bundle_copy(
+        repo_root / "bundles" / "3dsam_pancreas",
+        root / "3dsam_pancreas",
+        TINY_CONFIGS["3dsam_pancreas"],
+        build_sam3d_adapter(**SAM3D_TINY).state_dict(),
+    )
+    bundle_copy(
+        repo_root / "bundles" / "msa",
+        root / "msa",
+        TINY_CONFIGS["msa"],
+        build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict(),
+    )
     return root
 
 
@@ -131,8 +162,18 @@ def monailabel_server(repo_root: Path, app: Path, studies: Path, conf: dict, log
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(repo_root / "tests" / "monailabel_site")  # torchvision stand-in, see sitecustomize.py
     env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
-    command = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(app),
-               "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        str(Path(sys.executable).parent / "monailabel"),
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     for key, value in conf.items():
         command += ["--conf", key, str(value)]
     with open(log, "w") as out:
@@ -218,8 +259,11 @@ def test_medsam_liver_box(server, studies, bundles_dir, ct3, tmp_path):
     score = dice(pred > 0, liver)
     print(f"MedSAM via MONAI Label, liver box on ct_abdomen_3mm: Dice {score:.4f}")
     assert score >= MEDSAM_LIVER_DICE_MIN
-    own = bundle_output(bundles_dir / "medsam", tmp_path, {
-        "image": str(studies / "ct_abdomen_3mm.nii.gz"), "boxes": [box_of(liver)], "box_labels": [1]})
+    own = bundle_output(
+        bundles_dir / "medsam",
+        tmp_path,
+        {"image": str(studies / "ct_abdomen_3mm.nii.gz"), "boxes": [box_of(liver)], "box_labels": [1]},
+    )
     np.testing.assert_array_equal(pred, own)
     cache = params["embedding_cache"]
     assert cache["misses"] > 0
@@ -238,8 +282,9 @@ def test_3dsam_pancreas_clicks(server, studies, bundles_dir, ct3, tmp_path):
     result, _ = client.infer("3dsam_pancreas", "ct_abdomen_3mm", {"foreground": clicks, "background": []})
     seg = label_map(result)
     assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
-    own = bundle_output(bundles_dir / "3dsam_pancreas", tmp_path, {
-        "image": str(studies / "ct_abdomen_3mm.nii.gz"), "points": clicks})
+    own = bundle_output(
+        bundles_dir / "3dsam_pancreas", tmp_path, {"image": str(studies / "ct_abdomen_3mm.nii.gz"), "points": clicks}
+    )
     np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
 
 
@@ -252,16 +297,22 @@ def test_msa_clicks_on_the_dicom_study(server, studies, bundles_dir, tmp_path):
     result, _ = client.infer("msa", "ct_dicom", {"foreground": clicks, "background": background})
     seg = label_map(result)
     assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
-    own = bundle_output(bundles_dir / "msa", tmp_path, {
-        "image": str(studies / "ct_dicom.nii.gz"), "points": clicks + background, "point_labels": [1, 0]})
+    own = bundle_output(
+        bundles_dir / "msa",
+        tmp_path,
+        {"image": str(studies / "ct_dicom.nii.gz"), "points": clicks + background, "point_labels": [1, 0]},
+    )
     np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
 
 
-@pytest.mark.parametrize("model, params, message", [
-    ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
-    ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
-    ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
-])
+@pytest.mark.parametrize(
+    "model, params, message",
+    [
+        ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
+        ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
+        ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
+    ],
+)
 def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
     client, _ = server
     with pytest.raises(ClientError) as error:
@@ -272,8 +323,12 @@ def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
 def test_four_concurrent_requests(server, ct3):
     client, _ = server
     _, label = ct3
-    requests = [("medsam", {"roi": roi_of(label == LIVER)}), ("3dsam_pancreas", {"foreground": pancreas_clicks(label)}),
-                ("medsam", {"roi": roi_of(label == PANCREAS)}), ("3dsam_pancreas", {"foreground": pancreas_clicks(label, 1)})]
+    requests = [
+        ("medsam", {"roi": roi_of(label == LIVER)}),
+        ("3dsam_pancreas", {"foreground": pancreas_clicks(label)}),
+        ("medsam", {"roi": roi_of(label == PANCREAS)}),
+        ("3dsam_pancreas", {"foreground": pancreas_clicks(label, 1)}),
+    ]
     sequential = [np.asarray(nib.load(client.infer(m, "ct_abdomen_3mm", p)[0]).dataobj) for m, p in requests]
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(client.infer, m, "ct_abdomen_3mm", p) for m, p in requests]
@@ -308,10 +363,17 @@ def test_stock_monaibundle_app_loads_local_bundles(repo_root, bundles_dir, studi
     """The README recipe for MONAI Label's own ``monaibundle`` sample app: bundle folders linked into
     ``apps/monaibundle/model/``, ``zoo_source github`` (no model-zoo lookup), ``sam2 false`` (no SAM2 download)."""
     monailabel = Path(sys.executable).parent / "monailabel"
-    subprocess.run([str(monailabel), "apps", "--download", "--name", "monaibundle", "--output", str(tmp_path / "apps")],
-                   check=True, capture_output=True, timeout=120,
-                   env={**os.environ, "MONAILABEL_PYEXE": sys.executable,
-                        "PYTHONPATH": str(repo_root / "tests" / "monailabel_site")})
+    subprocess.run(
+        [str(monailabel), "apps", "--download", "--name", "monaibundle", "--output", str(tmp_path / "apps")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "MONAILABEL_PYEXE": sys.executable,
+            "PYTHONPATH": str(repo_root / "tests" / "monailabel_site"),
+        },
+    )
     app = tmp_path / "apps" / "monaibundle"
     (app / "model").mkdir(exist_ok=True)
     for name in ("medsam", "3dsam_pancreas"):

@@ -32,19 +32,25 @@ def prepared(totalseg_dir):
     """The bundle's evaluation preprocessing (evaluate.json) with the pancreas as target, 10 seeded points."""
     points = RandVolumePointsd(label_key="prompt_label", num_positive=10, num_random=0, require_foreground=True)
     points.set_random_state(seed=0)
-    chain = Compose([
-        LoadImaged(["image", "label"], reader="NibabelReader", image_only=True, dtype=torch.float32),
-        EnsureChannelFirstd(["image", "label"]),
-        LabelFilterd("label", [PANCREAS]),
-        AsDiscreted("label", threshold=0.5),
-        CopyItemsd("label", names="prompt_label"),
-        ScaleResampled(["image", "prompt_label"], mode=["trilinear", "nearest"]),
-        points,
-        ScaleIntensityRanged("image", -39.0, 204.0, -39.0, 204.0, clip=True),
-        NormalizeIntensityd("image", subtrahend=68.45214, divisor=63.422806),
-    ])
-    return chain({"image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"),
-                  "label": str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")})
+    chain = Compose(
+        [
+            LoadImaged(["image", "label"], reader="NibabelReader", image_only=True, dtype=torch.float32),
+            EnsureChannelFirstd(["image", "label"]),
+            LabelFilterd("label", [PANCREAS]),
+            AsDiscreted("label", threshold=0.5),
+            CopyItemsd("label", names="prompt_label"),
+            ScaleResampled(["image", "prompt_label"], mode=["trilinear", "nearest"]),
+            points,
+            ScaleIntensityRanged("image", -39.0, 204.0, -39.0, 204.0, clip=True),
+            NormalizeIntensityd("image", subtrahend=68.45214, divisor=63.422806),
+        ]
+    )
+    return chain(
+        {
+            "image": str(totalseg_dir / "ct_abdomen_3mm.nii.gz"),
+            "label": str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz"),
+        }
+    )
 
 
 def test_full_size_forward_on_the_pancreas(prepared):
@@ -71,7 +77,7 @@ def test_full_size_forward_on_the_pancreas(prepared):
     assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
     lo, hi = start.clamp(min=0), (start + 128).clamp(max=torch.tensor([366, 303, 90]))
     cube = torch.zeros_like(prob, dtype=torch.bool)
-    cube[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    cube[..., lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
     assert float(prob[~cube].abs().max()) == 0.0  # nothing outside the patch around the points
     assert float(prob[cube].std()) > 0  # and a non-constant map inside it
     np.testing.assert_allclose(prob.affine.numpy(), image.affine.numpy())  # on the 1 mm grid, for Invertd

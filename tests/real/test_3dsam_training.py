@@ -32,17 +32,30 @@ def test_small_training_loss_falls_and_pancreas_dice_rises(repo_root, totalseg_d
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [case], "validation": [case] * 8}))
 
     overrides = {
-        "dataset_dir": str(tmp_path), "datalist_file": str(tmp_path / "datalist.json"),
+        "dataset_dir": str(tmp_path),
+        "datalist_file": str(tmp_path / "datalist.json"),
         "ckpt_dir": str(tmp_path / "models"),
         "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SIZES},
-        "roi_size": SIZES["roi_size"], "target_spacing": [3.0, 3.0, 3.0], "target_labels": [7],
-        "init_from_sam": False, "epochs": EPOCHS, "val_interval": EPOCHS // 4, "learning_rate": 2e-3,
-        "num_workers": 0, "cache_rate": 1.0, "train#crop_transforms#7#neg": 0,
-        "train#handlers#2#exec_at_start": True, "train#handlers#3#iteration_log": False,
+        "roi_size": SIZES["roi_size"],
+        "target_spacing": [3.0, 3.0, 3.0],
+        "target_labels": [7],
+        "init_from_sam": False,
+        "epochs": EPOCHS,
+        "val_interval": EPOCHS // 4,
+        "learning_rate": 2e-3,
+        "num_workers": 0,
+        "cache_rate": 1.0,
+        "train#crop_transforms#7#neg": 0,
+        "train#handlers#2#exec_at_start": True,
+        "train#handlers#3#iteration_log": False,
         **{f"train#crop_transforms#{i}#prob": 0.0 for i in AUGMENTATIONS},
     }
-    wf = ConfigWorkflow(config_file=str(repo_root / "bundles" / "3dsam_pancreas" / "configs" / "train.json"),
-                        workflow_type="train", logging_file=False, **overrides)
+    wf = ConfigWorkflow(
+        config_file=str(repo_root / "bundles" / "3dsam_pancreas" / "configs" / "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        **overrides,
+    )
     wf.initialize()
     losses, train_dice, val_dice = [], [], []
 
@@ -59,9 +72,11 @@ def test_small_training_loss_falls_and_pancreas_dice_rises(repo_root, totalseg_d
 
     losses, train_dice = np.array(losses), np.array(train_dice)
     assert len(losses) == EPOCHS and len(val_dice) == 5  # before training, then every 150 iterations
-    print(f"loss first/last 50: {losses[:50].mean():.3f} -> {losses[-50:].mean():.3f}; training-crop pancreas Dice "
-          f"first/last 50: {train_dice[:50].mean():.3f} -> {train_dice[-50:].mean():.3f}; validation Dice "
-          f"{[round(v, 3) for v in val_dice]}")
+    print(
+        f"loss first/last 50: {losses[:50].mean():.3f} -> {losses[-50:].mean():.3f}; training-crop pancreas Dice "
+        f"first/last 50: {train_dice[:50].mean():.3f} -> {train_dice[-50:].mean():.3f}; validation Dice "
+        f"{[round(v, 3) for v in val_dice]}"
+    )
     # measured (2 threads / 1 thread): loss 0.563 -> 0.205 / 0.221; training Dice 0.001 -> 0.661 / 0.564;
     # validation Dice 0.027 -> 0.716 / 0.674
     assert losses[-50:].mean() < 0.6 * losses[:50].mean()

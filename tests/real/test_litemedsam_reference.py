@@ -37,9 +37,13 @@ def test_logits_and_iou_match_reference(models, totalseg_dir, z, organ):
         logits, iou = ours.decode(ours.encode(image), boxes=box)
         embedding = reference.image_encoder(image)
         sparse, dense = reference.prompt_encoder(points=None, boxes=box, masks=None)
-        ref_logits, ref_iou = reference.mask_decoder(image_embeddings=embedding, image_pe=reference.prompt_encoder.get_dense_pe(),
-                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                     multimask_output=False)
+        ref_logits, ref_iou = reference.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=reference.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
     assert logits.shape == ref_logits.shape == (1, 1, 256, 256)
     assert (logits - ref_logits).abs().max() < 1e-3
     assert (iou - ref_iou).abs().max() < 1e-3

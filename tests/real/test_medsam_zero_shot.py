@@ -16,9 +16,15 @@ from monai.bundle import ConfigWorkflow
 
 def _evaluate(repo_root, data_dir, weights, output_dir, axcodes):
     configs = repo_root / "bundles" / "medsam" / "configs"
-    workflow = ConfigWorkflow(config_file=str(configs / "evaluate.json"), workflow_type="infer", logging_file=False,
-                              dataset_dir=str(data_dir), output_dir=str(output_dir), ckpt_path=str(weights),
-                              axcodes=axcodes)
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "evaluate.json"),
+        workflow_type="infer",
+        logging_file=False,
+        dataset_dir=str(data_dir),
+        output_dir=str(output_dir),
+        ckpt_path=str(weights),
+        axcodes=axcodes,
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()

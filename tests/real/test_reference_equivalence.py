@@ -102,8 +102,13 @@ def segmentations(case, models, reference_module):
     image = torch.as_tensor(window({"image": image})["image"])
     inferer = BoxPropagationInferer(image_size=256, keep_aspect_ratio=True, box_margin=3, quantize=True)
     # our labels are the organ ids; the propagation value is the reference's box index (1, 2)
-    out = inferer(image[None], ours_model, torch.as_tensor(boxes)[None], box_labels=torch.as_tensor([ORGANS]),
-                  box_values=torch.as_tensor([[1, 2]]))
+    out = inferer(
+        image[None],
+        ours_model,
+        torch.as_tensor(boxes)[None],
+        box_labels=torch.as_tensor([ORGANS]),
+        box_values=torch.as_tensor([[1, 2]]),
+    )
     ours_seg = out[0, 0].numpy().transpose(2, 1, 0)
     return boxes, ours_seg, ref_seg, inferer.last_encoder_calls, reference.encoder_calls, labels_zyx
 

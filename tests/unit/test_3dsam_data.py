@@ -45,14 +45,24 @@ def test_resample_shape_and_values_equal_interpolate():
     image = _volume((5, 6, 7), (3.0, 3.0, 3.0))
     out = ScaleResampled("image")({"image": image})["image"]
     assert out.shape == (1, 15, 18, 21)
-    expected = F.interpolate(image.as_tensor()[None], scale_factor=(3.0, 3.0, 3.0), mode="trilinear",
-                             align_corners=False, recompute_scale_factor=False)[0]
+    expected = F.interpolate(
+        image.as_tensor()[None],
+        scale_factor=(3.0, 3.0, 3.0),
+        mode="trilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )[0]
     torch.testing.assert_close(out.as_tensor(), expected, rtol=0, atol=0)
     odd = _volume((5, 6, 7), (1.5, 2.2, 0.9))
     out = ScaleResampled("image")({"image": odd})["image"]
     assert out.shape == (1, 7, 13, 6)  # floor(n * spacing), not rounded
-    expected = F.interpolate(odd.as_tensor()[None], scale_factor=(1.5, 2.2, 0.9), mode="trilinear",
-                             align_corners=False, recompute_scale_factor=False)[0]
+    expected = F.interpolate(
+        odd.as_tensor()[None],
+        scale_factor=(1.5, 2.2, 0.9),
+        mode="trilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )[0]
     torch.testing.assert_close(out.as_tensor(), expected)
 
 
@@ -87,10 +97,16 @@ def test_resample_anisotropic_in_plane_first(monkeypatch):
     monkeypatch.undo()
     assert calls == [(4, "bilinear", (0.7, 0.7)), (5, "trilinear", (1.0, 1.0, 6.0))]
     assert out.shape == (1, 7, 6, 24)
-    planar = F.interpolate(image.as_tensor().permute(3, 0, 1, 2), scale_factor=(0.7, 0.7), mode="bilinear",
-                           align_corners=False, recompute_scale_factor=False).permute(1, 2, 3, 0)
-    expected = F.interpolate(planar[None], scale_factor=(1.0, 1.0, 6.0), mode="trilinear", align_corners=False,
-                             recompute_scale_factor=False)[0]
+    planar = F.interpolate(
+        image.as_tensor().permute(3, 0, 1, 2),
+        scale_factor=(0.7, 0.7),
+        mode="bilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    ).permute(1, 2, 3, 0)
+    expected = F.interpolate(
+        planar[None], scale_factor=(1.0, 1.0, 6.0), mode="trilinear", align_corners=False, recompute_scale_factor=False
+    )[0]
     torch.testing.assert_close(out.as_tensor(), expected, rtol=0, atol=0)
     calls.clear()
     monkeypatch.setattr(resample.F, "interpolate", spy)
@@ -104,8 +120,9 @@ def test_resample_nearest_keeps_integer_labels():
     image = _volume((5, 6, 7), (3.0, 1.5, 2.0))
     out = ScaleResampled(["image", "label"], mode=["trilinear", "nearest"])({"image": image, "label": label})
     assert out["label"].dtype == torch.uint8 and set(out["label"].unique().tolist()) <= {0, 1, 2}
-    expected = F.interpolate(values[None].float(), scale_factor=(3.0, 1.5, 2.0), mode="nearest",
-                             recompute_scale_factor=False)[0].to(torch.uint8)
+    expected = F.interpolate(
+        values[None].float(), scale_factor=(3.0, 1.5, 2.0), mode="nearest", recompute_scale_factor=False
+    )[0].to(torch.uint8)
     assert torch.equal(out["label"].as_tensor(), expected)
     torch.testing.assert_close(out["label"].affine, out["image"].affine)
 
@@ -118,14 +135,16 @@ def test_resample_invertd_round_trip():
     pred = MetaTensor(resampled.as_tensor().repeat(2, 1, 1, 1))
     # Invertd defaults to nearest_interp=True; upstream resizes its probabilities trilinearly
     inverted = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=False)(
-        {"image": resampled, "pred": pred})["pred"]
+        {"image": resampled, "pred": pred}
+    )["pred"]
     assert inverted.shape == (2, 5, 6, 7)
     torch.testing.assert_close(inverted.affine, image.affine)
     expected = F.interpolate(resampled.as_tensor()[None], size=(5, 6, 7), mode="trilinear", align_corners=False)[0]
     torch.testing.assert_close(inverted.as_tensor()[1:], expected)
     assert not inverted.applied_operations
     nearest = Invertd("pred", transform=pipeline, orig_keys="image")(
-        {"image": resampled, "pred": MetaTensor((resampled > 0.5).float())})["pred"]
+        {"image": resampled, "pred": MetaTensor((resampled > 0.5).float())}
+    )["pred"]
     assert set(nearest.unique().tolist()) <= {0.0, 1.0} and nearest.shape == (1, 5, 6, 7)
 
 
@@ -212,8 +231,9 @@ class BumpNet(torch.nn.Module):
     """Foreground logit peaks (Gaussian bump) at the given points, in patch coordinates."""
 
     def forward(self, patch, points):
-        grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in patch.shape[2:]],
-                                          indexing="ij"), dim=-1)
+        grid = torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in patch.shape[2:]], indexing="ij"), dim=-1
+        )
         dist = ((grid[None, None] - points[:, :, None, None, None]) ** 2).sum(-1).min(dim=1).values
         fg = 10 * torch.exp(-dist / 2) - 5
         return torch.stack([torch.zeros_like(fg), fg], dim=1)
@@ -287,7 +307,8 @@ def test_inferer_keeps_meta_for_invertd_and_grad_mode():
     torch.testing.assert_close(pred.affine, item["image"].affine)
     assert [op["class"] for op in pred.applied_operations] == ["ScaleResampled"]
     inverted = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=False)(
-        {"image": item["image"], "pred": pred})["pred"]
+        {"image": item["image"], "pred": pred}
+    )["pred"]
     assert inverted.shape == (1, 6, 5, 4) and 0 < float(inverted.max()) < 1
     torch.testing.assert_close(inverted.affine, volume.affine)
 
@@ -317,14 +338,25 @@ def _tool():
 
 def test_split_datalist_maps_to_msd_layout():
     tool = _tool()
-    splits = {"pancreas": {"train": {"pancreas_010": ["Training/pancreas_010/image.nii.gz", "x"],
-                                     "pancreas_002": ["Training/pancreas_002/image.nii.gz", "y"]},
-                           "val": {"pancreas_005": ["a", "b"]}, "test": {}}}
+    splits = {
+        "pancreas": {
+            "train": {
+                "pancreas_010": ["Training/pancreas_010/image.nii.gz", "x"],
+                "pancreas_002": ["Training/pancreas_002/image.nii.gz", "y"],
+            },
+            "val": {"pancreas_005": ["a", "b"]},
+            "test": {},
+        }
+    }
     out = tool.split_datalist(splits, "pancreas")
-    assert out == {"training": [{"image": "imagesTr/pancreas_002.nii.gz", "label": "labelsTr/pancreas_002.nii.gz"},
-                                {"image": "imagesTr/pancreas_010.nii.gz", "label": "labelsTr/pancreas_010.nii.gz"}],
-                   "validation": [{"image": "imagesTr/pancreas_005.nii.gz", "label": "labelsTr/pancreas_005.nii.gz"}],
-                   "test": []}
+    assert out == {
+        "training": [
+            {"image": "imagesTr/pancreas_002.nii.gz", "label": "labelsTr/pancreas_002.nii.gz"},
+            {"image": "imagesTr/pancreas_010.nii.gz", "label": "labelsTr/pancreas_010.nii.gz"},
+        ],
+        "validation": [{"image": "imagesTr/pancreas_005.nii.gz", "label": "labelsTr/pancreas_005.nii.gz"}],
+        "test": [],
+    }
     with pytest.raises(ValueError, match="'kits' is not supported"):
         tool.split_datalist(splits, "kits")
     splits["pancreas"]["test"] = {"pancreas_002": ["a", "b"]}

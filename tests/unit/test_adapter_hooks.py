@@ -11,8 +11,16 @@ from common.networks.sam import ADAPTER_SLOTS, Block, ImageEncoderViT, build_sam
 
 DIM = 32
 # grid 6 with window 4: window blocks pad to 8; block 1 is global
-ENC = dict(img_size=48, patch_size=8, embed_dim=DIM, depth=3, num_heads=2, out_chans=16, window_size=4,
-           global_attn_indexes=(1,))
+ENC = dict(
+    img_size=48,
+    patch_size=8,
+    embed_dim=DIM,
+    depth=3,
+    num_heads=2,
+    out_chans=16,
+    window_size=4,
+    global_attn_indexes=(1,),
+)
 
 
 def _randomised(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,8 +74,9 @@ def test_zero_initialised_adapter_is_neutral(encoder, image, slot):
         baseline = encoder(image)
     encoder.set_adapters(slot, lambda i: _adapter_for(slot, zero_init=True), scale=0.5 if "parallel" in slot else 1.0)
     added = set(encoder.state_dict()) - keys_before
-    assert added == {f"blocks.{i}.adapters.{slot}.{n}.{t}" for i in range(3) for n in ("fc1", "fc2")
-                     for t in ("weight", "bias")}
+    assert added == {
+        f"blocks.{i}.adapters.{slot}.{n}.{t}" for i in range(3) for n in ("fc1", "fc2") for t in ("weight", "bias")
+    }
     assert _n_params(encoder) == n_before + 3 * _n_params(Adapter(DIM))
     with torch.no_grad():
         out = encoder(image)
@@ -89,8 +98,9 @@ def test_zero_initialised_adapter_is_neutral(encoder, image, slot):
 
 def test_gradients_reach_every_slot(encoder, image):
     for slot in ADAPTER_SLOTS:
-        encoder.set_adapters(slot, lambda i, slot=slot: _adapter_for(slot, zero_init=False),
-                             scale=0.5 if "parallel" in slot else 1.0)
+        encoder.set_adapters(
+            slot, lambda i, slot=slot: _adapter_for(slot, zero_init=False), scale=0.5 if "parallel" in slot else 1.0
+        )
     encoder.requires_grad_(False)
     for blk in encoder.blocks:
         blk.adapters.requires_grad_(True)
@@ -108,9 +118,22 @@ def test_unused_slots_add_no_keys():
     assert not any("adapter" in k for k in keys)
     assert [k for k in keys if k.startswith("image_encoder.blocks.0.")] == [
         f"image_encoder.blocks.0.{k}"
-        for k in ("norm1.weight", "norm1.bias", "attn.rel_pos_h", "attn.rel_pos_w", "attn.qkv.weight", "attn.qkv.bias",
-                  "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.lin1.weight",
-                  "mlp.lin1.bias", "mlp.lin2.weight", "mlp.lin2.bias")
+        for k in (
+            "norm1.weight",
+            "norm1.bias",
+            "attn.rel_pos_h",
+            "attn.rel_pos_w",
+            "attn.qkv.weight",
+            "attn.qkv.bias",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "norm2.weight",
+            "norm2.bias",
+            "mlp.lin1.weight",
+            "mlp.lin1.bias",
+            "mlp.lin2.weight",
+            "mlp.lin2.bias",
+        )
     ]
 
 
@@ -147,8 +170,9 @@ def test_msa_and_samihs_placements(window):
     blk.set_adapter("before_mlp", mlp_in)
     blk.set_adapter("before_block", pre)
     with torch.no_grad():
-        torch.testing.assert_close(blk(x), _manual_block(blk, x, attn_in=attn_in, mlp_in=mlp_in, pre=pre),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            blk(x), _manual_block(blk, x, attn_in=attn_in, mlp_in=mlp_in, pre=pre), atol=1e-6, rtol=0
+        )
 
 
 def test_parallel_attn_and_after_mlp():

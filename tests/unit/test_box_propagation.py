@@ -21,7 +21,7 @@ class BoxEchoNetwork:
         x0, y0, x1, y1 = boxes.reshape(4).tolist()
         self.prompts.append((x0, y0, x1, y1))
         logits = torch.full((1, 1, 256, 256), -5.0)
-        logits[..., int(y0):int(y1) + 1, int(x0):int(x1) + 1] = 5.0
+        logits[..., int(y0) : int(y1) + 1, int(x0) : int(x1) + 1] = 5.0
         return logits, torch.ones(1, 1)
 
 
@@ -59,7 +59,8 @@ def test_channels_output_and_meta():
     net = BoxEchoNetwork()
     volume = MetaTensor(torch.rand(1, 1, 32, 32, 4) * 255, meta={"filename_or_obj": "x.nii.gz"})
     out = BoxPropagationInferer(output="channels", num_channels=3, mask_value=1)(
-        volume, net, torch.tensor([[[2, 2, 1, 10, 10, 1], [20, 20, 2, 30, 30, 2]]]), torch.tensor([[1, 3]]))
+        volume, net, torch.tensor([[[2, 2, 1, 10, 10, 1], [20, 20, 2, 30, 30, 2]]]), torch.tensor([[1, 3]])
+    )
     assert out.shape == (1, 3, 32, 32, 4) and isinstance(out, MetaTensor)
     assert out[0, 0].sum() > 0 and out[0, 1].sum() == 0 and out[0, 2].sum() > 0
 

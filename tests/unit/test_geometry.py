@@ -12,8 +12,12 @@ from common.transforms.geometry import FileBoxesToArrayd, map_boxes, orientation
 def _ras_volume(shape=(10, 8, 6)):
     affine = np.diag([2.0, 3.0, 4.0, 1.0])
     affine[:3, 3] = [-5, 7, 11]
-    meta = {"affine": torch.tensor(affine), "original_affine": torch.tensor(affine), "spatial_shape": np.array(shape),
-            "filename_or_obj": "case.nii.gz"}
+    meta = {
+        "affine": torch.tensor(affine),
+        "original_affine": torch.tensor(affine),
+        "spatial_shape": np.array(shape),
+        "filename_or_obj": "case.nii.gz",
+    }
     return MetaTensor(torch.arange(np.prod(shape)).reshape(shape).float(), meta=meta)
 
 
@@ -56,12 +60,17 @@ def test_boxes_follow_orientation_to_the_same_voxels():
     shape = (10, 8, 6)
     data = {"image": _ras_volume(shape), "boxes": [[1, 2, 3, 4, 5, 5]], "box_labels": [7]}
     volume = np.arange(np.prod(shape)).reshape(shape)
-    pipeline = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), orientationd("image", "LPS"),
-                        FileBoxesToArrayd("boxes", ref_key="image")])
+    pipeline = Compose(
+        [
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            orientationd("image", "LPS"),
+            FileBoxesToArrayd("boxes", ref_key="image"),
+        ]
+    )
     out = pipeline(data)
     box = out["boxes"][0].tolist()
     # RAS -> LPS flips the first two axes: the box selects the same voxel values as before.
-    region = out["image"][0][box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1]
+    region = out["image"][0][box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1]
     original = volume[1:5, 2:6, 3:6]
     assert sorted(region.flatten().tolist()) == sorted(original.flatten().tolist())
     assert out["box_labels"].tolist() == [7]
@@ -87,20 +96,36 @@ def test_file_points_follow_orientation_and_resampling():
     from common.transforms.resample import ScaleResampled
 
     image = _ras_volume()  # (10, 8, 6) at (2, 3, 4) mm
-    data = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), orientationd("image", "LPS"),
-                    ScaleResampled("image", target_spacing=(1.0, 1.0, 1.0)),
-                    FilePointsToArrayd("points", ref_key="image")])({"image": image, "points": [[1, 2, 3], [9, 0, 5]]})
-    expected = [[(9 - 1 + 0.5) * 2 - 0.5, (7 - 2 + 0.5) * 3 - 0.5, (3 + 0.5) * 4 - 0.5],
-                [(9 - 9 + 0.5) * 2 - 0.5, (7 - 0 + 0.5) * 3 - 0.5, (5 + 0.5) * 4 - 0.5]]
+    data = Compose(
+        [
+            EnsureChannelFirstd("image", channel_dim="no_channel"),
+            orientationd("image", "LPS"),
+            ScaleResampled("image", target_spacing=(1.0, 1.0, 1.0)),
+            FilePointsToArrayd("points", ref_key="image"),
+        ]
+    )({"image": image, "points": [[1, 2, 3], [9, 0, 5]]})
+    expected = [
+        [(9 - 1 + 0.5) * 2 - 0.5, (7 - 2 + 0.5) * 3 - 0.5, (3 + 0.5) * 4 - 0.5],
+        [(9 - 9 + 0.5) * 2 - 0.5, (7 - 0 + 0.5) * 3 - 0.5, (5 + 0.5) * 4 - 0.5],
+    ]
     assert data["image"].shape[1:] == (20, 24, 24)
     np.testing.assert_allclose(data["points"].numpy(), expected, atol=1e-4)
     world = lambda affine, p: (np.asarray(affine) @ np.append(p, 1.0))[:3]  # noqa: E731
-    np.testing.assert_allclose(world(data["image"].affine, data["points"][0].numpy()),
-                               world(image.meta["original_affine"], [1, 2, 3]), atol=1e-4)
+    np.testing.assert_allclose(
+        world(data["image"].affine, data["points"][0].numpy()),
+        world(image.meta["original_affine"], [1, 2, 3]),
+        atol=1e-4,
+    )
 
 
-@pytest.mark.parametrize("points, message", [([[10, 0, 0]], r"point #0 \[10.0, 0.0, 0.0\] lies outside"),
-                                             ([[1, 2]], "expected a list of"), ([[1, float("nan"), 2]], "finite")])
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([[10, 0, 0]], r"point #0 \[10.0, 0.0, 0.0\] lies outside"),
+        ([[1, 2]], "expected a list of"),
+        ([[1, float("nan"), 2]], "finite"),
+    ],
+)
 def test_file_points_errors(points, message):
     from common.transforms.geometry import FilePointsToArrayd
 

@@ -23,7 +23,9 @@ def test_roi_from_slicer_is_sorted_per_axis():
 
 def test_box_model_takes_the_roi():
     assert request_prompts({"roi": [1, 5, 2, 6, 3, 7], "foreground": [[1, 1, 1]]}, BOXES, "medsam") == {
-        "boxes": [[1, 2, 3, 5, 6, 7]], "box_labels": [1]}
+        "boxes": [[1, 2, 3, 5, 6, 7]],
+        "box_labels": [1],
+    }
     with pytest.raises(ValueError, match="medsam is box-prompted"):
         request_prompts({"foreground": [[1, 2, 3]]}, BOXES, "medsam")
 
@@ -31,9 +33,12 @@ def test_box_model_takes_the_roi():
 def test_click_models():
     request = {"foreground": [[1, 2, 3], [4, 5, 6]], "background": [[7, 8, 9]]}
     assert request_prompts(request, POINTS, "msa") == {
-        "points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "point_labels": [1, 1, 0]}
+        "points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+        "point_labels": [1, 1, 0],
+    }
     assert request_prompts({"foreground": [[1, 2, 3]], "background": []}, POINTS_ONLY, "3dsam") == {
-        "points": [[1, 2, 3]]}
+        "points": [[1, 2, 3]]
+    }
     with pytest.raises(ValueError, match="foreground clicks only; remove the 1 background"):
         request_prompts(request, POINTS_ONLY, "3dsam")
     with pytest.raises(ValueError, match="at least one foreground click"):
@@ -90,8 +95,10 @@ def test_cache_wraps_encode_once_and_skips_models_without_it():
 
 def test_find_bundles(tmp_path):
     app = pytest.importorskip("common.label.app", reason="needs the monailabel extra")
-    for name, files in {"with_weights": ["configs/inference.json", "models/model.pt"],
-                        "no_weights": ["configs/inference.json"]}.items():
+    for name, files in {
+        "with_weights": ["configs/inference.json", "models/model.pt"],
+        "no_weights": ["configs/inference.json"],
+    }.items():
         for file in files:
             (tmp_path / name / file).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name / file).write_text("{}")

@@ -125,7 +125,11 @@ def test_litemedsam_parameter_count():
 
 def test_atomic_save_writes_geometry_and_no_temp(tmp_path):
     affine = np.diag([-0.7, -0.7, 2.0, 1.0])
-    pred = MetaTensor(torch.zeros(1, 6, 5, 1, dtype=torch.int64), meta={"filename_or_obj": "/d/ct.nii.gz"}, affine=torch.tensor(affine))
+    pred = MetaTensor(
+        torch.zeros(1, 6, 5, 1, dtype=torch.int64),
+        meta={"filename_or_obj": "/d/ct.nii.gz"},
+        affine=torch.tensor(affine),
+    )
     pred[0, 1, 2, 0] = 3
     out = AtomicSaveImaged("pred", output_dir=str(tmp_path / "o"))({"pred": pred})
     saved = nib.load(out["pred"].meta["saved_to"])
@@ -158,6 +162,10 @@ def test_intensity_normalizer_switch():
     assert ct["image"].tolist() == [[0.0, 0.0, 127.5, 255.0, 255.0]]
     assert isinstance(intensity_normalizer("image", [40, 80]), CTWindowd)
     assert isinstance(intensity_normalizer("image", "percentile"), NonZeroPercentileNormalized)
-    assert intensity_normalizer("image", "none")({"image": torch.tensor([2.0, 4.0, 6.0])})["image"].tolist() == [0, 127.5, 255]
+    assert intensity_normalizer("image", "none")({"image": torch.tensor([2.0, 4.0, 6.0])})["image"].tolist() == [
+        0,
+        127.5,
+        255,
+    ]
     with pytest.raises(ValueError, match="abdomen"):
         intensity_normalizer("image", "lung_window")

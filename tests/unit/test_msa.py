@@ -13,8 +13,20 @@ from common.networks.sam.image_encoder import Attention
 sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
 
 # 64 px, 8x8 tokens, windows of 3 (padded to 9), one global block
-TINY = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,),
-            prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2, decoder_mlp_dim=32, iou_head_hidden_dim=16)
+TINY = dict(
+    image_size=64,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    window_size=3,
+    global_attn_indexes=(1,),
+    prompt_embed_dim=16,
+    mask_in_chans=4,
+    decoder_num_heads=2,
+    decoder_mlp_dim=32,
+    iou_head_hidden_dim=16,
+)
 
 
 def zero_adapter_outputs(model):
@@ -45,12 +57,26 @@ def reference_from(model) -> torch.nn.Module:
     grid = TINY["image_size"] // TINY["patch_size"]
     ref = sam_ref.Sam(
         image_encoder=sam_ref.ImageEncoderViT(
-            img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,),
-            out_chans=16, qkv_bias=True, use_rel_pos=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)),
-        prompt_encoder=sam_ref.PromptEncoder(embed_dim=16, image_embedding_size=(grid, grid),
-                                             input_image_size=(64, 64), mask_in_chans=4),
-        mask_decoder=sam_ref.MaskDecoder(transformer_dim=16, transformer=sam_ref.TwoWayTransformer(
-            depth=2, embedding_dim=16, num_heads=2, mlp_dim=32), iou_head_hidden_dim=16),
+            img_size=64,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            window_size=3,
+            global_attn_indexes=(1,),
+            out_chans=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+        ),
+        prompt_encoder=sam_ref.PromptEncoder(
+            embed_dim=16, image_embedding_size=(grid, grid), input_image_size=(64, 64), mask_in_chans=4
+        ),
+        mask_decoder=sam_ref.MaskDecoder(
+            transformer_dim=16,
+            transformer=sam_ref.TwoWayTransformer(depth=2, embedding_dim=16, num_heads=2, mlp_dim=32),
+            iou_head_hidden_dim=16,
+        ),
     )
     state = {k: v for k, v in model.state_dict().items() if ".adapters." not in k}
     ref.load_state_dict(state, strict=True)
@@ -76,11 +102,16 @@ def test_zeroed_adapters_equal_sam(depth):
         theirs = ref.image_encoder(images)
         assert (ours - theirs).abs().max() <= 1e-4
         sparse, dense = ref.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-        per_image = [ref.mask_decoder(theirs[i:i + 1], ref.prompt_encoder.get_dense_pe(), sparse[i:i + 1],
-                                      dense[i:i + 1], False) for i in range(4)]  # the reference decodes one image
+        per_image = [
+            ref.mask_decoder(
+                theirs[i : i + 1], ref.prompt_encoder.get_dense_pe(), sparse[i : i + 1], dense[i : i + 1], False
+            )
+            for i in range(4)
+        ]  # the reference decodes one image
         ref_masks, ref_iou = (torch.cat(t) for t in zip(*per_image))
-        masks, iou = Sam.forward(model, images, point_coords=points, point_labels=labels, multimask_output=False,
-                                 return_iou=True)
+        masks, iou = Sam.forward(
+            model, images, point_coords=points, point_labels=labels, multimask_output=False, return_iou=True
+        )
     assert (masks - ref_masks).abs().max() <= 1e-4 and (iou - ref_iou).abs().max() <= 1e-4
 
 
@@ -165,13 +196,16 @@ def test_volume_forward_equals_sam_slice_by_slice():
         assert (out[..., [0, 2]] == -20.0).all()  # slices without a click stay background
         mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
         for k, click in [(1, ([15 * 64 / 20, 3 * 64 / 16], 1)), (3, ([2 * 64 / 20, 12 * 64 / 16], 0))]:
-            sam_slice = torch.nn.functional.interpolate(volume[:, :, :, :, k].transpose(2, 3), size=(64, 64),
-                                                        mode="bilinear").expand(-1, 3, -1, -1)
+            sam_slice = torch.nn.functional.interpolate(
+                volume[:, :, :, :, k].transpose(2, 3), size=(64, 64), mode="bilinear"
+            ).expand(-1, 3, -1, -1)
             sam_slice = (sam_slice * 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-            sparse, dense = ref.prompt_encoder(points=(torch.tensor([[click[0]]]), torch.tensor([[click[1]]])),
-                                               boxes=None, masks=None)
-            low, _ = ref.mask_decoder(ref.image_encoder(sam_slice), ref.prompt_encoder.get_dense_pe(), sparse, dense,
-                                      False)
+            sparse, dense = ref.prompt_encoder(
+                points=(torch.tensor([[click[0]]]), torch.tensor([[click[1]]])), boxes=None, masks=None
+            )
+            low, _ = ref.mask_decoder(
+                ref.image_encoder(sam_slice), ref.prompt_encoder.get_dense_pe(), sparse, dense, False
+            )
             expected = torch.nn.functional.interpolate(low, size=(16, 20), mode="bilinear")[0, 0].T  # (X, Y)
             assert (out[0, 0, :, :, k] - expected).abs().max() <= 1e-4
 
@@ -189,7 +223,7 @@ def test_several_click_maps_share_one_encoding():
     model.image_encoder.register_forward_hook(lambda m, args, out: passes.append(args[0].shape[0]))
     with torch.no_grad():
         joint = model(volume, clicks)
-        separate = torch.cat([model(volume, clicks[:, s:s + 1]) for s in range(2)], dim=1)
+        separate = torch.cat([model(volume, clicks[:, s : s + 1]) for s in range(2)], dim=1)
     assert joint.shape == (1, 2, 12, 10, 4) and passes == [4, 4, 4]  # 4 slices encoded once per call
     assert (joint - separate).abs().max() <= 1e-5
     assert not torch.allclose(joint[:, 0], joint[:, 1])

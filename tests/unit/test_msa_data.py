@@ -83,8 +83,11 @@ def test_points_follow_the_orientation_before_the_click_map():
     """File point [1, 2, 3] on an image whose axis 0 was flipped (6 voxels) lands on array voxel [4, 2, 3]."""
     flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
     flipped[0, 3] = 5.0
-    image = MetaTensor(torch.zeros(1, 6, 5, 4), affine=torch.as_tensor(flipped),
-                       meta={"original_affine": np.eye(4), "spatial_shape": np.array([6, 5, 4])})
+    image = MetaTensor(
+        torch.zeros(1, 6, 5, 4),
+        affine=torch.as_tensor(flipped),
+        meta={"original_affine": np.eye(4), "spatial_shape": np.array([6, 5, 4])},
+    )
     pipeline = Compose([FilePointsToArrayd("points"), PointsToClickMapd()])
     clicks = pipeline({"image": image, "points": [[1, 2, 3]], "point_labels": [1]})["clicks"]
     assert torch.nonzero(clicks).tolist() == [[0, 4, 2, 3]]
@@ -170,7 +173,8 @@ def test_result_keeps_meta_for_invertd():
     pred = decollate_batch(out)[0]
     assert [op["class"] for op in pred.applied_operations] == ["Flip"]
     inverted = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=False)(
-        {"image": item["image"], "pred": pred})["pred"]
+        {"image": item["image"], "pred": pred}
+    )["pred"]
     torch.testing.assert_close(inverted.as_tensor(), torch.sigmoid(10.0 * clicks[0]).flip(1))
     torch.testing.assert_close(inverted.affine, volume.affine)
 
@@ -199,19 +203,29 @@ def touch(root, *relative: str) -> None:
 
 def test_btcv_swin_unetr_split(tmp_path):
     """MONAI Swin-UNETR ``dataset_0.json``: paths relative to the JSON's folder, test images as plain strings."""
-    touch(tmp_path, "imagesTr/img0001.nii.gz", "labelsTr/label0001.nii.gz", "imagesTr/img0035.nii.gz",
-          "labelsTr/label0035.nii.gz")
-    split = {"labels": {"0": "background", "1": "spleen"}, "numTraining": 2,
-             "training": [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}],
-             "validation": [{"image": "imagesTr/img0035.nii.gz", "label": "labelsTr/label0035.nii.gz"}],
-             "test": ["imagesTs/img0061.nii.gz"]}
+    touch(
+        tmp_path,
+        "imagesTr/img0001.nii.gz",
+        "labelsTr/label0001.nii.gz",
+        "imagesTr/img0035.nii.gz",
+        "labelsTr/label0035.nii.gz",
+    )
+    split = {
+        "labels": {"0": "background", "1": "spleen"},
+        "numTraining": 2,
+        "training": [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}],
+        "validation": [{"image": "imagesTr/img0035.nii.gz", "label": "labelsTr/label0035.nii.gz"}],
+        "test": ["imagesTs/img0061.nii.gz"],
+    }
     (tmp_path / "dataset_0.json").write_text(json.dumps(split))
     train = load_datalist(str(tmp_path / "dataset_0.json"))
     val = load_datalist(str(tmp_path / "dataset_0.json"), key="validation")
-    assert train == [{"image": str(tmp_path / "imagesTr/img0001.nii.gz"),
-                      "label": str(tmp_path / "labelsTr/label0001.nii.gz")}]
-    assert val == [{"image": str(tmp_path / "imagesTr/img0035.nii.gz"),
-                    "label": str(tmp_path / "labelsTr/label0035.nii.gz")}]
+    assert train == [
+        {"image": str(tmp_path / "imagesTr/img0001.nii.gz"), "label": str(tmp_path / "labelsTr/label0001.nii.gz")}
+    ]
+    assert val == [
+        {"image": str(tmp_path / "imagesTr/img0035.nii.gz"), "label": str(tmp_path / "labelsTr/label0035.nii.gz")}
+    ]
     elsewhere = tmp_path / "splits"
     elsewhere.mkdir()
     (elsewhere / "dataset_0.json").write_text(json.dumps(split))  # JSON outside the data folder: give base_dir
@@ -221,18 +235,27 @@ def test_btcv_swin_unetr_split(tmp_path):
 
 def test_amos_dataset_json(tmp_path):
     """AMOS ``dataset.json``: ``./``-prefixed paths, validation cases under imagesVa/labelsVa."""
-    touch(tmp_path, "imagesTr/amos_0001.nii.gz", "labelsTr/amos_0001.nii.gz", "imagesVa/amos_0008.nii.gz",
-          "labelsVa/amos_0008.nii.gz")
-    split = {"training": [{"image": "./imagesTr/amos_0001.nii.gz", "label": "./labelsTr/amos_0001.nii.gz"}],
-             "validation": [{"image": "./imagesVa/amos_0008.nii.gz", "label": "./labelsVa/amos_0008.nii.gz"}],
-             "test": [{"image": "./imagesTs/amos_0002.nii.gz"}]}
+    touch(
+        tmp_path,
+        "imagesTr/amos_0001.nii.gz",
+        "labelsTr/amos_0001.nii.gz",
+        "imagesVa/amos_0008.nii.gz",
+        "labelsVa/amos_0008.nii.gz",
+    )
+    split = {
+        "training": [{"image": "./imagesTr/amos_0001.nii.gz", "label": "./labelsTr/amos_0001.nii.gz"}],
+        "validation": [{"image": "./imagesVa/amos_0008.nii.gz", "label": "./labelsVa/amos_0008.nii.gz"}],
+        "test": [{"image": "./imagesTs/amos_0002.nii.gz"}],
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(split))
     train = load_datalist(str(tmp_path / "dataset.json"))
     val = load_datalist(str(tmp_path / "dataset.json"), key="validation")
-    assert train == [{"image": str(tmp_path / "imagesTr/amos_0001.nii.gz"),
-                      "label": str(tmp_path / "labelsTr/amos_0001.nii.gz")}]
-    assert val == [{"image": str(tmp_path / "imagesVa/amos_0008.nii.gz"),
-                    "label": str(tmp_path / "labelsVa/amos_0008.nii.gz")}]
+    assert train == [
+        {"image": str(tmp_path / "imagesTr/amos_0001.nii.gz"), "label": str(tmp_path / "labelsTr/amos_0001.nii.gz")}
+    ]
+    assert val == [
+        {"image": str(tmp_path / "imagesVa/amos_0008.nii.gz"), "label": str(tmp_path / "labelsVa/amos_0008.nii.gz")}
+    ]
     assert all(os.path.isfile(p) for item in train + val for p in item.values())
     with pytest.raises(ValueError, match=r"has no 'fold0' list"):
         load_datalist(str(tmp_path / "dataset.json"), key="fold0")

@@ -20,7 +20,6 @@ from common.transforms.resize import (
 cv2 = pytest.importorskip("cv2")
 
 
-
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Hundreds of tiny matmuls: on a shared 2-core machine, thread hand-offs dominate (~30x slower)."""
@@ -127,7 +126,9 @@ def test_area_resize_uint8_rounds_to_cv2(grow):
     assert fraction > (0.9 if grow else 0.995), fraction
 
 
-@pytest.mark.parametrize("in_size,out_size", [((512, 512), (256, 256)), ((300, 200), (150, 100)), ((7, 300), (14, 150))])
+@pytest.mark.parametrize(
+    "in_size,out_size", [((512, 512), (256, 256)), ((300, 200), (150, 100)), ((7, 300), (14, 150))]
+)
 def test_area_resize_uint8_exact_for_halving(in_size, out_size):
     # OpenCV's 2x2 mean and its fixed-point 2-tap blend round ties up (torch.round, ties to even, misses ~13 % of
     # pixels here); its other integer factors round sum * float(1/area) to even, so no one rule is exact everywhere

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from workflow_utils import informative_positions  # tests/ is on sys.path (tests/conftest.py)
 
 from common.networks.sam import CheckpointError
 from common.networks.sam3d import ImageEncoder3d, MultiLevelDecoder, sample_point_features
@@ -21,7 +22,6 @@ from common.networks.sam3d_adapter import (
     published_state_dict,
     trainable_parameter_counts,
 )
-from workflow_utils import informative_positions  # tests/ is on sys.path (tests/conftest.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
@@ -37,16 +37,35 @@ def test_published_parameter_counts():
     with torch.device("meta"):
         model = build_sam3d_adapter()
     counts = trainable_parameter_counts(model)
-    assert counts == {"image_encoder": 15_209_984, "prompt_encoder": 3_164_160, "mask_decoder": 7_088_256,
-                      "total": 25_462_400}
+    assert counts == {
+        "image_encoder": 15_209_984,
+        "prompt_encoder": 3_164_160,
+        "mask_decoder": 7_088_256,
+        "total": 25_462_400,
+    }
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert frozen == 88_846_604  # patch conv, SAM pos, qkv/proj/mlp, rel_pos_h/w, 12 lr scalars (spec A5)
-    trainable_names = {n.split(".")[0] if not n.startswith("blocks.") else n.split(".", 2)[2]
-                       for n, p in model.image_encoder.named_parameters() if p.requires_grad}
-    assert trainable_names == {"depth_embed", "slice_embed", "neck_3d", "norm1.weight", "norm1.bias", "norm2.weight",
-                               "norm2.bias", "adapter.linear1.weight", "adapter.linear1.bias", "adapter.conv.weight",
-                               "adapter.conv.bias", "adapter.linear2.weight", "adapter.linear2.bias",
-                               "attn.rel_pos_d"}
+    trainable_names = {
+        n.split(".")[0] if not n.startswith("blocks.") else n.split(".", 2)[2]
+        for n, p in model.image_encoder.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable_names == {
+        "depth_embed",
+        "slice_embed",
+        "neck_3d",
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "adapter.linear1.weight",
+        "adapter.linear1.bias",
+        "adapter.conv.weight",
+        "adapter.conv.bias",
+        "adapter.linear2.weight",
+        "adapter.linear2.bias",
+        "attn.rel_pos_d",
+    }
 
 
 def test_automatic_variant_counts_and_shape():
@@ -137,7 +156,7 @@ def test_window_attention_equals_dense_attention(shift):
     mask = compute_mask((grid,) * 3, (w,) * 3, (max(shift, 1),) * 3, None) if shift else None
     x = torch.randn(2, grid, grid, grid, 16)
     with torch.no_grad():
-        dense = torch.cat([_dense_reference(block, x[i:i + 1]) for i in range(2)])
+        dense = torch.cat([_dense_reference(block, x[i : i + 1]) for i in range(2)])
         block.attn.inference_chunk = 3  # 16 windows in chunks of 3: chunk borders cut through the shift mask
         chunked = block.attend(x, mask)
     ours = block.attend(x, mask)  # with autograd: all windows at once
@@ -212,14 +231,16 @@ def test_end_to_end_shape_batch_and_errors():
     with pytest.raises(ValueError, match=r"\(B, 1 or 3, 16, 16, 16\)"):
         model(torch.randn(1, 1, 16, 16, 12), points[:1])
     with pytest.raises(ValueError, match="multiple of the window"):
-        ImageEncoder3d(roi_size=24, upsample=4, embed_dim=8, depth=1, num_heads=1, sam_grid=12, window=4,
-                       tap_blocks=(0,))
+        ImageEncoder3d(
+            roi_size=24, upsample=4, embed_dim=8, depth=1, num_heads=1, sam_grid=12, window=4, tap_blocks=(0,)
+        )
 
 
 def _reference_sam_state(**sizes) -> dict:
     """An official-layout SAM state dict from segment-anything's modules (random weights)."""
-    enc = sam_ref.ImageEncoderViT(norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6), use_rel_pos=True,
-                                  qkv_bias=True, **sizes)
+    enc = sam_ref.ImageEncoderViT(
+        norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6), use_rel_pos=True, qkv_bias=True, **sizes
+    )
     state = {f"image_encoder.{k}": v for k, v in enc.state_dict().items()}
     state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(2, 8)
     return state
@@ -227,9 +248,18 @@ def _reference_sam_state(**sizes) -> dict:
 
 def test_init_from_sam_checkpoint_layout():
     torch.manual_seed(1)
-    state = informative_positions(_reference_sam_state(img_size=128, patch_size=16, embed_dim=32, depth=4,
-                                                       num_heads=2, window_size=3, global_attn_indexes=(1, 3),
-                                                       out_chans=16))
+    state = informative_positions(
+        _reference_sam_state(
+            img_size=128,
+            patch_size=16,
+            embed_dim=32,
+            depth=4,
+            num_heads=2,
+            window_size=3,
+            global_attn_indexes=(1, 3),
+            out_chans=16,
+        )
+    )
     model = tiny()
     copied = init_from_sam(model, state)
     own = model.image_encoder.state_dict()
@@ -245,9 +275,20 @@ def test_init_from_sam_checkpoint_layout():
 
 
 def test_init_from_full_size_sam_vit_b(tmp_path):
-    ref = sam_ref.ImageEncoderViT(depth=12, embed_dim=768, img_size=1024, mlp_ratio=4, num_heads=12, patch_size=16,
-                                  qkv_bias=True, use_rel_pos=True, global_attn_indexes=(2, 5, 8, 11), window_size=14,
-                                  out_chans=256, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6))
+    ref = sam_ref.ImageEncoderViT(
+        depth=12,
+        embed_dim=768,
+        img_size=1024,
+        mlp_ratio=4,
+        num_heads=12,
+        patch_size=16,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=(2, 5, 8, 11),
+        window_size=14,
+        out_chans=256,
+        norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+    )
     path = tmp_path / "sam_vit_b.pth"
     torch.save({f"image_encoder.{k}": v for k, v in ref.state_dict().items()}, path)
     del ref
@@ -266,8 +307,14 @@ def test_published_checkpoint_format_loads_strictly(tmp_path):
         encoder[f"blocks.{i}.attn_mask"] = torch.zeros(8, 8, 8)
     prompt = dict(source.prompt_encoder.state_dict(), positional_encoding_gaussian_matrix=torch.randn(3, 8))
     others = [tiny().prompt_encoder.state_dict() for _ in range(3)]
-    released = {"epoch": 499, "best_val_loss": 0.4, "encoder_dict": encoder, "feature_dict": others + [prompt],
-                "decoder_dict": source.mask_decoder.state_dict(), "encoder_opt": {"state": {}, "param_groups": []}}
+    released = {
+        "epoch": 499,
+        "best_val_loss": 0.4,
+        "encoder_dict": encoder,
+        "feature_dict": others + [prompt],
+        "decoder_dict": source.mask_decoder.state_dict(),
+        "encoder_opt": {"state": {}, "param_groups": []},
+    }
     path = tmp_path / "last.pth.tar"
     torch.save(released, path)
     target = tiny()

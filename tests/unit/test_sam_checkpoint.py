@@ -8,20 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from common.networks.sam import (
-    CheckpointError,
-    ImageEncoderViT,
-    build_sam_vit,
-    load_checkpoint,
-    load_state_dict_file,
-)
+from common.networks.sam import CheckpointError, ImageEncoderViT, build_sam_vit, load_checkpoint, load_state_dict_file
 
 sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
 
 SIZE = 64
 ENC = dict(embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,))
-DEC = dict(prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=48,
-           iou_head_hidden_dim=24)
+DEC = dict(
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_depth=2,
+    decoder_num_heads=2,
+    decoder_mlp_dim=48,
+    iou_head_hidden_dim=24,
+)
 
 
 def ours(**enc):
@@ -34,17 +34,28 @@ def reference():
     torch.manual_seed(0)
     ref = sam_ref.Sam(
         image_encoder=sam_ref.ImageEncoderViT(
-            img_size=SIZE, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4, out_chans=32,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True, window_size=3,
+            img_size=SIZE,
+            patch_size=16,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=4,
+            out_chans=32,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            qkv_bias=True,
+            use_rel_pos=True,
+            window_size=3,
             global_attn_indexes=(1,),
         ),
         prompt_encoder=sam_ref.PromptEncoder(
             embed_dim=32, image_embedding_size=(4, 4), input_image_size=(SIZE, SIZE), mask_in_chans=8
         ),
         mask_decoder=sam_ref.MaskDecoder(
-            transformer_dim=32, transformer=sam_ref.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=48,
-                                                                      num_heads=2),
-            num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=24,
+            transformer_dim=32,
+            transformer=sam_ref.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=48, num_heads=2),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=24,
         ),
     ).eval()
     with torch.no_grad():
@@ -144,11 +155,7 @@ class _NotAWeight:
 
 
 def test_not_a_state_dict(tmp_path):
-    cases = {
-        "list.pth": [torch.zeros(1)],
-        "meta_only.pth": {"epoch": 3, "optimizer": {"lr": 0.1}},
-        "empty.pth": {},
-    }
+    cases = {"list.pth": [torch.zeros(1)], "meta_only.pth": {"epoch": 3, "optimizer": {"lr": 0.1}}, "empty.pth": {}}
     for name, obj in cases.items():
         path = tmp_path / name
         torch.save(obj, path)

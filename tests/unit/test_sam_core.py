@@ -19,15 +19,21 @@ TINY_CONFIGS = {
     "no_pad": (64, dict(embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,))),
     "pad_10_to_12": (
         80,
-        dict(patch_size=8, embed_dim=48, depth=3, num_heads=4, window_size=4, global_attn_indexes=(1,),
-             mlp_ratio=2.0),
+        dict(patch_size=8, embed_dim=48, depth=3, num_heads=4, window_size=4, global_attn_indexes=(1,), mlp_ratio=2.0),
     ),
     "pad_7_to_9_all_windowed": (
-        56, dict(patch_size=8, embed_dim=24, depth=2, num_heads=3, window_size=3, global_attn_indexes=()),
+        56,
+        dict(patch_size=8, embed_dim=24, depth=2, num_heads=3, window_size=3, global_attn_indexes=()),
     ),
 }
-DECODER = dict(prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=48,
-               iou_head_hidden_dim=24)
+DECODER = dict(
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_depth=2,
+    decoder_num_heads=2,
+    decoder_mlp_dim=48,
+    iou_head_hidden_dim=24,
+)
 
 
 def reference_sam(image_size: int, overrides: dict, decoder: dict = DECODER):
@@ -37,22 +43,37 @@ def reference_sam(image_size: int, overrides: dict, decoder: dict = DECODER):
     grid = image_size // enc["patch_size"]
     return sam_ref.Sam(
         image_encoder=sam_ref.ImageEncoderViT(
-            img_size=image_size, patch_size=enc["patch_size"], embed_dim=enc["embed_dim"], depth=enc["depth"],
-            num_heads=enc["num_heads"], mlp_ratio=enc["mlp_ratio"], out_chans=dim, qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=enc["window_size"],
-            global_attn_indexes=tuple(enc["global_attn_indexes"]), use_abs_pos=enc.get("use_abs_pos", True),
+            img_size=image_size,
+            patch_size=enc["patch_size"],
+            embed_dim=enc["embed_dim"],
+            depth=enc["depth"],
+            num_heads=enc["num_heads"],
+            mlp_ratio=enc["mlp_ratio"],
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=enc["window_size"],
+            global_attn_indexes=tuple(enc["global_attn_indexes"]),
+            use_abs_pos=enc.get("use_abs_pos", True),
         ),
         prompt_encoder=sam_ref.PromptEncoder(
-            embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
             mask_in_chans=decoder["mask_in_chans"],
         ),
         mask_decoder=sam_ref.MaskDecoder(
             num_multimask_outputs=3,
             transformer=sam_ref.TwoWayTransformer(
-                depth=decoder["decoder_depth"], embedding_dim=dim, mlp_dim=decoder["decoder_mlp_dim"],
+                depth=decoder["decoder_depth"],
+                embedding_dim=dim,
+                mlp_dim=decoder["decoder_mlp_dim"],
                 num_heads=decoder["decoder_num_heads"],
             ),
-            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=decoder["iou_head_hidden_dim"],
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=decoder["iou_head_hidden_dim"],
         ),
     )
 
@@ -113,8 +134,9 @@ def test_image_encoder_matches_reference(name):
 def test_image_encoder_non_square_grid_and_rel_pos_resize():
     """Without abs-pos the encoder takes non-square inputs: windows pad H and W differently (6->8, 10->12) and
     the global block's rel-pos tables (sized for 8x8) are resized to 6 and 10."""
-    ov = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,),
-              use_abs_pos=False)
+    ov = dict(
+        patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,), use_abs_pos=False
+    )
     torch.manual_seed(0)
     ref = randomise_(reference_sam(64, ov).image_encoder.eval())
     ours = ImageEncoderViT(img_size=64, **{**VIT_PRESETS["vit_b"], **ov, "out_chans": 32}).eval()
@@ -174,8 +196,12 @@ def test_masks_and_iou_match_reference(name, multimask):
         for case, kw in prompt_cases(batch, size, mask_hw=mask_hw).items():
             pts = kw.get("points")
             low, iou = ours.decode(
-                emb, point_coords=None if pts is None else pts[0], point_labels=None if pts is None else pts[1],
-                boxes=kw.get("boxes"), mask_inputs=kw.get("masks"), multimask_output=multimask,
+                emb,
+                point_coords=None if pts is None else pts[0],
+                point_labels=None if pts is None else pts[1],
+                boxes=kw.get("boxes"),
+                mask_inputs=kw.get("masks"),
+                multimask_output=multimask,
             )
             n_out = 3 if multimask else 1
             assert low.shape == (batch, n_out, 4 * emb.shape[-2], 4 * emb.shape[-1]), case
@@ -255,12 +281,15 @@ def test_vit_b_1024_matches_reference():
     torch.manual_seed(0)
     ref = sam_ref.Sam(
         image_encoder=reference_sam(1024, {}, decoder={**DECODER, "prompt_embed_dim": 256}).image_encoder,
-        prompt_encoder=sam_ref.PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                                             input_image_size=(1024, 1024), mask_in_chans=16),
+        prompt_encoder=sam_ref.PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+        ),
         mask_decoder=sam_ref.MaskDecoder(
-            num_multimask_outputs=3, transformer=sam_ref.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
-                                                                           num_heads=8),
-            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+            num_multimask_outputs=3,
+            transformer=sam_ref.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
         ),
     ).eval()
     with torch.no_grad():  # rel-pos and pos-embed are zeros at init: make them informative
@@ -282,8 +311,7 @@ def test_vit_b_1024_matches_reference():
         for multimask in (False, True):
             s, d = ref.prompt_encoder(pts, box, None)
             low_ref, iou_ref = ref.mask_decoder(emb_ref, pe_ref, s, d, multimask)
-            low, iou = ours.decode(emb, point_coords=pts[0], point_labels=pts[1], boxes=box,
-                                   multimask_output=multimask)
+            low, iou = ours.decode(emb, point_coords=pts[0], point_labels=pts[1], boxes=box, multimask_output=multimask)
             assert low.shape == (1, 3 if multimask else 1, 256, 256)
             torch.testing.assert_close(low, low_ref, atol=ATOL, rtol=0)
             torch.testing.assert_close(iou, iou_ref, atol=ATOL, rtol=0)

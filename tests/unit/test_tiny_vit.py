@@ -33,7 +33,7 @@ def encoder_state() -> dict[str, torch.Tensor]:
     if not CHECKPOINT.is_file():
         pytest.skip(f"LiteMedSAM weights not found at {CHECKPOINT}")
     state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    return {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    return {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
 
 
 def test_parameter_count_published_size():

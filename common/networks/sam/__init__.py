@@ -19,8 +19,8 @@ from .image_encoder import (
 )
 from .mask_decoder import MaskDecoder
 from .model import Sam
-from .tiny_vit import TinyViT
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .tiny_vit import TinyViT
 from .transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [

@@ -30,14 +30,33 @@ DECODER_DEFAULTS: dict = dict(
 )
 
 _ENCODER_KEYS = (
-    "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "use_rel_pos",
-    "window_size", "global_attn_indexes", "use_abs_pos", "norm_eps",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "use_rel_pos",
+    "window_size",
+    "global_attn_indexes",
+    "use_abs_pos",
+    "norm_eps",
 )
 
 #: Overrides giving a SAM that runs in well under a second on CPU (64 px input, 4x4 token grid).
 TINY_OVERRIDES: dict = dict(
-    image_size=64, embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,),
-    prompt_embed_dim=32, mask_in_chans=8, decoder_depth=2, decoder_num_heads=2, decoder_mlp_dim=64,
+    image_size=64,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    window_size=4,
+    global_attn_indexes=(1,),
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_depth=2,
+    decoder_num_heads=2,
+    decoder_mlp_dim=64,
     iou_head_hidden_dim=32,
 )
 

@@ -55,7 +55,7 @@ def extract_state_dict(obj, source: str = "<in-memory object>") -> dict[str, tor
         obj = inner
     else:
         raise CheckpointError(f"{source}: no state dict found within nested 'model'/'state_dict' entries")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def load_state_dict_file(
@@ -118,7 +118,7 @@ def load_checkpoint(
     else:
         raise TypeError(f"expected a checkpoint path or a state dict, got {type(path_or_state_dict).__name__}")
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{source}: no keys start with prefix {prefix!r}")
 

@@ -77,8 +77,11 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens ``(B, 1 + num_mask_tokens + N, D)``, ``src = image + dense`` and ``pos`` ``(B, D, h, w)``."""
         b = sparse_prompt_embeddings.shape[0]
-        for name, t in (("image_embeddings", image_embeddings), ("dense_prompt_embeddings", dense_prompt_embeddings),
-                        ("image_pe", image_pe)):
+        for name, t in (
+            ("image_embeddings", image_embeddings),
+            ("dense_prompt_embeddings", dense_prompt_embeddings),
+            ("image_pe", image_pe),
+        ):
             if t.shape[0] not in (1, b):
                 raise ValueError(f"{name} has batch {t.shape[0]}; expected 1 or the prompt batch {b}")
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)

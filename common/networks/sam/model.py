@@ -91,7 +91,10 @@ class Sam(nn.Module):
         (training the IoU head goes through ``forward`` so DistributedDataParallel sees it)."""
         embeddings = self.encode(images)
         low_res, iou = self.decode(
-            embeddings, point_coords=point_coords, point_labels=point_labels, boxes=boxes,
+            embeddings,
+            point_coords=point_coords,
+            point_labels=point_labels,
+            boxes=boxes,
             multimask_output=multimask_output,
         )
         return (low_res, iou) if return_iou else low_res

@@ -352,14 +352,18 @@ class TinyViT(nn.Module):
         self.layers = nn.ModuleList()
         for i in range(num_stages):
             stage_rates = rates[sum(depths[:i]) : sum(depths[: i + 1])]
-            merge = (
-                PatchMerging(embed_dims[i], embed_dims[i + 1], merge_strides[i]) if i < num_stages - 1 else None
-            )
+            merge = PatchMerging(embed_dims[i], embed_dims[i + 1], merge_strides[i]) if i < num_stages - 1 else None
             if i == 0:
                 stage: nn.Module = ConvStage(embed_dims[0], depths[0], mbconv_expand_ratio, stage_rates, merge)
             else:
                 stage = AttentionStage(
-                    embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratio, local_conv_size, stage_rates,
+                    embed_dims[i],
+                    depths[i],
+                    num_heads[i],
+                    window_sizes[i],
+                    mlp_ratio,
+                    local_conv_size,
+                    stage_rates,
                     merge,
                 )
             self.layers.append(stage)

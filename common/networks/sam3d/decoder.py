@@ -49,8 +49,9 @@ class MultiLevelDecoder(nn.Module):
         super().__init__()
         self.head_scale = head_scale
         self.mlahead = MLAHead(in_ch, mid_ch)
-        self.cls = nn.Sequential(*_conv_block(4 * mid_ch + 1, mid_ch),
-                                 nn.Conv3d(mid_ch, num_classes, 3, padding=1, bias=False))
+        self.cls = nn.Sequential(
+            *_conv_block(4 * mid_ch + 1, mid_ch), nn.Conv3d(mid_ch, num_classes, 3, padding=1, bias=False)
+        )
 
     def forward(self, features: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         heads, mid = self.mlahead.heads, self.mlahead.mid_ch
@@ -59,6 +60,6 @@ class MultiLevelDecoder(nn.Module):
         size = [n * self.head_scale for n in features[0].shape[2:]]
         x = features[0].new_empty(features[0].shape[0], len(heads) * mid + 1, *size)
         for i, (head, f) in enumerate(zip(heads, features)):
-            x[:, i * mid:(i + 1) * mid] = F.interpolate(head(f), size=size, mode="trilinear", align_corners=True)
+            x[:, i * mid : (i + 1) * mid] = F.interpolate(head(f), size=size, mode="trilinear", align_corners=True)
         x[:, -1:] = F.interpolate(image, size=size, mode="trilinear", align_corners=False)
         return F.interpolate(self.cls(x), size=image.shape[2:], mode="trilinear", align_corners=True)

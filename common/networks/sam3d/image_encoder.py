@@ -64,8 +64,9 @@ class Attention3d(Attention):
     ``heads * N * N`` floats a window).
     """
 
-    def __init__(self, dim: int, num_heads: int, table_size: int, qkv_bias: bool = True,
-                 inference_chunk: int = 8) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, table_size: int, qkv_bias: bool = True, inference_chunk: int = 8
+    ) -> None:
         super().__init__(dim, num_heads, qkv_bias, use_rel_pos=True, input_size=(table_size, table_size))
         self.rel_pos_d = nn.Parameter(torch.zeros_like(self.rel_pos_h))
         self.lr = nn.Parameter(torch.tensor(1.0))
@@ -101,9 +102,14 @@ class Attention3d(Attention):
         if torch.is_grad_enabled() or x.shape[0] <= self.inference_chunk:
             return self.attend(x, masks)
         # Without autograd, windows in chunks bound the (windows, heads, N, N) bias: same result, less memory.
-        return torch.cat([self.attend(x[i:i + self.inference_chunk],
-                                      None if masks is None else masks[i:i + self.inference_chunk])
-                          for i in range(0, x.shape[0], self.inference_chunk)])
+        return torch.cat(
+            [
+                self.attend(
+                    x[i : i + self.inference_chunk], None if masks is None else masks[i : i + self.inference_chunk]
+                )
+                for i in range(0, x.shape[0], self.inference_chunk)
+            ]
+        )
 
 
 class Block3d(nn.Module):
@@ -114,8 +120,17 @@ class Block3d(nn.Module):
     Without autograd the MLP runs on eight slabs of the grid in turn (same result, less memory).
     """
 
-    def __init__(self, dim: int, num_heads: int, window: int, shift: int, table_size: int, mlp_ratio: float = 4.0,
-                 adapter_dim: int | None = None, norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        table_size: int,
+        mlp_ratio: float = 4.0,
+        adapter_dim: int | None = None,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.adapter = Conv3dAdapter(dim, adapter_dim)
@@ -178,11 +193,25 @@ class ImageEncoder3d(nn.Module):
         input_path: one of :data:`INPUT_PATHS`.
     """
 
-    def __init__(self, roi_size: int = 128, upsample: int = 4, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 sam_grid: int = 64, sam_window: int = 14, global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
-                 window: int = 8, adapter_dim: int | None = None, out_chans: int = 256,
-                 tap_blocks: Sequence[int] = (2, 5, 8, 11), input_path: str = "fused") -> None:
+    def __init__(
+        self,
+        roi_size: int = 128,
+        upsample: int = 4,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        sam_grid: int = 64,
+        sam_window: int = 14,
+        global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+        window: int = 8,
+        adapter_dim: int | None = None,
+        out_chans: int = 256,
+        tap_blocks: Sequence[int] = (2, 5, 8, 11),
+        input_path: str = "fused",
+    ) -> None:
         super().__init__()
         if input_path not in INPUT_PATHS:
             raise ValueError(f"input_path must be one of {INPUT_PATHS}, got {input_path!r}")
@@ -202,14 +231,21 @@ class ImageEncoder3d(nn.Module):
         self.input_path = input_path
         self.tap_blocks = tuple(int(i) for i in tap_blocks)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.slice_embed = nn.Conv3d(embed_dim, embed_dim, kernel_size=(1, 1, patch_size),
-                                     stride=(1, 1, patch_size), groups=embed_dim)
+        self.slice_embed = nn.Conv3d(
+            embed_dim, embed_dim, kernel_size=(1, 1, patch_size), stride=(1, 1, patch_size), groups=embed_dim
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, sam_grid, sam_grid, embed_dim))
         self.depth_embed = nn.Parameter(torch.ones(1, self.grid, embed_dim))
         self.blocks = nn.ModuleList(
-            Block3d(embed_dim, num_heads, window, shift=window // 2 if i % 2 == 0 else 0,
-                    table_size=sam_grid if i in global_attn_indexes else sam_window, mlp_ratio=mlp_ratio,
-                    adapter_dim=adapter_dim)
+            Block3d(
+                embed_dim,
+                num_heads,
+                window,
+                shift=window // 2 if i % 2 == 0 else 0,
+                table_size=sam_grid if i in global_attn_indexes else sam_window,
+                mlp_ratio=mlp_ratio,
+                adapter_dim=adapter_dim,
+            )
             for i in range(depth)
         )
         self.neck_3d = nn.ModuleList(_neck(embed_dim, out_chans) for _ in self.tap_blocks)

@@ -31,8 +31,9 @@ def sample_point_features(features: torch.Tensor, points: torch.Tensor, crop_siz
     d, h, w = crop_size
     size = points.new_tensor([d, w, h])
     grid = (points + 0.5) / size * 2 - 1
-    sampled = F.grid_sample(features, grid[:, None, None], mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (B, C, 1, 1, N)
+    sampled = F.grid_sample(
+        features, grid[:, None, None], mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # (B, C, 1, 1, N)
     return sampled[:, :, 0, 0].transpose(1, 2)
 
 
@@ -45,8 +46,14 @@ class GlobalQueryBlock(nn.Module):
     lets published checkpoints load strictly and the trainable count match the paper's 25.46 M.
     """
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048, num_queries: int = 10,
-                 attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self,
+        dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        num_queries: int = 10,
+        attention_downsample_rate: int = 2,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
@@ -71,8 +78,9 @@ class GlobalQueryBlock(nn.Module):
 class GlobalQueryTransformer(nn.Module):
     """``depth`` :class:`GlobalQueryBlock` layers under ``layers.{i}``."""
 
-    def __init__(self, depth: int = 2, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
-                 num_queries: int = 10) -> None:
+    def __init__(
+        self, depth: int = 2, dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048, num_queries: int = 10
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(GlobalQueryBlock(dim, num_heads, mlp_dim, num_queries) for _ in range(depth))
 
@@ -90,8 +98,9 @@ class VisualSamplerPromptEncoder(nn.Module):
     level; only that one is built here (3,164,160 parameters at the published sizes).
     """
 
-    def __init__(self, dim: int = 256, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
-                 num_queries: int = 10) -> None:
+    def __init__(
+        self, dim: int = 256, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048, num_queries: int = 10
+    ) -> None:
         super().__init__()
         self.transformer = GlobalQueryTransformer(depth, dim, num_heads, mlp_dim, num_queries)
 
