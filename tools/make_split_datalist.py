@@ -55,7 +55,7 @@ def split_datalist(splits: dict, dataset: str) -> dict[str, list[dict[str, str]]
 def datalist_text(dataset: str, splits: str = DEFAULT_SPLITS) -> str:
     """The JSON text written for ``dataset`` from the split file ``splits``."""
     with open(splits) as f:
-        return json.dumps(split_datalist(json.load(f), dataset), indent=2) + "\n"
+        return json.dumps(split_datalist(json.load(f), dataset), indent=4) + "\n"
 
 
 def main(dataset: str, out: str, splits: str = DEFAULT_SPLITS) -> str:

@@ -153,5 +153,5 @@ class StructureMetricsReport:
         lines = [",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in self.rows]
         write_text_atomic(os.path.join(self.output_dir, f"{self.name}.csv"), "\n".join(lines) + "\n")
         report = {"tolerance_mm": self.tolerance_mm, "rows": self.rows, "summary": self.summary()}
-        write_text_atomic(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=2))
+        write_text_atomic(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=4) + "\n")
         logger.info(f"wrote {len(self.rows)} rows to {os.path.join(self.output_dir, self.name)}.csv/.json")
