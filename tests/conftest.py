@@ -17,6 +17,19 @@ import torchvision_standin  # noqa: E402
 torchvision_standin.install_if_broken()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REAL_DATA_FIXTURES = {"totalseg_dir", "totalseg_eval_dir", "ct3"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark by place and by data: ``tests/real`` and users of the real-CT fixtures -> ``real``,
+    ``tests/integration`` -> ``integration`` (markers registered in setup.cfg)."""
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if folder == "real" or REAL_DATA_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.real)
+        if folder == "integration":
+            item.add_marker(pytest.mark.integration)
 
 
 def _shared_data_dir() -> Path:
