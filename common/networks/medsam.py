@@ -68,12 +68,6 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def medsam_trainable(model: Sam) -> Sam:
-    """MedSAM's published recipe: prompt encoder frozen, image encoder and mask decoder trained."""
-    freeze(model.prompt_encoder)
-    return model
-
-
 def decoder_only(model: Sam) -> Sam:
     """MedSAM v0 recipe: only the mask decoder trains (image and prompt encoders frozen)."""
     freeze(model.image_encoder)

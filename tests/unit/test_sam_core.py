@@ -2,120 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
+from sam_reference import ATOL, DECODER, TINY_CONFIGS, prompt_cases, randomise_, reference_sam, sam_ref, tiny_pair
 from torch import nn
 
 from common.networks.sam import VIT_PRESETS, ImageEncoderViT, build_sam_vit
-
-sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py installs the torchvision stand-in
-
-ATOL = 1e-4
-
-# name -> (image_size, overrides); every size differs from SAM's, and most configurations pad windows.
-TINY_CONFIGS = {
-    "no_pad": (64, dict(embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,))),
-    "pad_10_to_12": (
-        80,
-        dict(patch_size=8, embed_dim=48, depth=3, num_heads=4, window_size=4, global_attn_indexes=(1,), mlp_ratio=2.0),
-    ),
-    "pad_7_to_9_all_windowed": (
-        56,
-        dict(patch_size=8, embed_dim=24, depth=2, num_heads=3, window_size=3, global_attn_indexes=()),
-    ),
-}
-DECODER = dict(
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_depth=2,
-    decoder_num_heads=2,
-    decoder_mlp_dim=48,
-    iou_head_hidden_dim=24,
-)
-
-
-def reference_sam(image_size: int, overrides: dict, decoder: dict = DECODER):
-    """segment-anything's modules at the sizes given (rel-pos on, as in every published SAM)."""
-    enc = {**VIT_PRESETS["vit_b"], **overrides}
-    dim = decoder["prompt_embed_dim"]
-    grid = image_size // enc["patch_size"]
-    return sam_ref.Sam(
-        image_encoder=sam_ref.ImageEncoderViT(
-            img_size=image_size,
-            patch_size=enc["patch_size"],
-            embed_dim=enc["embed_dim"],
-            depth=enc["depth"],
-            num_heads=enc["num_heads"],
-            mlp_ratio=enc["mlp_ratio"],
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=enc["window_size"],
-            global_attn_indexes=tuple(enc["global_attn_indexes"]),
-            use_abs_pos=enc.get("use_abs_pos", True),
-        ),
-        prompt_encoder=sam_ref.PromptEncoder(
-            embed_dim=dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(image_size, image_size),
-            mask_in_chans=decoder["mask_in_chans"],
-        ),
-        mask_decoder=sam_ref.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=sam_ref.TwoWayTransformer(
-                depth=decoder["decoder_depth"],
-                embedding_dim=dim,
-                mlp_dim=decoder["decoder_mlp_dim"],
-                num_heads=decoder["decoder_num_heads"],
-            ),
-            transformer_dim=dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=decoder["iou_head_hidden_dim"],
-        ),
-    )
-
-
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Perturb every parameter (rel-pos tables and pos-embed are zeros at init, so they get large values)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "rel_pos" in name or "pos_embed" in name:
-                p.copy_(0.5 * noise)
-            else:
-                p.add_(0.05 * noise)
-    return model
-
-
-def tiny_pair(name: str):
-    size, ov = TINY_CONFIGS[name]
-    torch.manual_seed(0)
-    ref = randomise_(reference_sam(size, ov).eval())
-    ours = build_sam_vit("vit_b", image_size=size, **ov, **DECODER).eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ref, ours, size
-
-
-def prompt_cases(batch: int, size: int, n_points: int = 3, mask_hw: int | None = None):
-    g = torch.Generator().manual_seed(1)
-    coords = torch.rand(batch, n_points, 2, generator=g) * (size - 1)
-    labels = torch.randint(0, 2, (batch, n_points), generator=g)
-    labels[:, -1] = -1  # an explicit padding point
-    xy0 = torch.rand(batch, 2, generator=g) * size / 2
-    boxes = torch.cat([xy0, xy0 + size / 3], dim=1)
-    cases = {
-        "points": dict(points=(coords, labels)),
-        "box": dict(boxes=boxes),
-        "box_b14": dict(boxes=boxes[:, None, :]),
-        "points_box": dict(points=(coords, labels), boxes=boxes),
-    }
-    if mask_hw is not None:
-        cases["points_mask"] = dict(points=(coords, labels), masks=torch.randn(batch, 1, mask_hw, mask_hw, generator=g))
-    return cases
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))

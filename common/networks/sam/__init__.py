@@ -1,4 +1,5 @@
-"""SAM core: ViT image encoder with adapter slots, prompt encoder, two-way transformer, mask decoder.
+"""SAM core: ViT image encoder with adapter slots and hooks, prompt encoder, two-way transformer with adapter slots,
+mask decoder (points, boxes and dense mask prompts).
 
 State dicts use the official ``sam_vit_{b,l,h}`` key layout (``image_encoder.*``, ``prompt_encoder.*``,
 ``mask_decoder.*``), so Meta's checkpoints load with ``strict=True`` via :func:`load_checkpoint`.
@@ -9,26 +10,33 @@ from .checkpoint import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, loa
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import (
     ADAPTER_SLOTS,
+    ENCODER_HOOKS,
     VIT_PRESETS,
     Attention,
     Block,
     ImageEncoderViT,
     PatchEmbed,
+    ResizePosEmbed,
     window_partition,
     window_unpartition,
 )
 from .mask_decoder import MaskDecoder
 from .model import Sam
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .slots import AdapterSlots, ContextTap
 from .tiny_vit import TinyViT
-from .transformer import TwoWayAttentionBlock, TwoWayTransformer
+from .transformer import DECODER_ADAPTER_SLOTS, TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "ADAPTER_SLOTS",
+    "DECODER_ADAPTER_SLOTS",
+    "ENCODER_HOOKS",
     "SAM_VIT_B_HINT",
+    "AdapterSlots",
     "Attention",
     "Block",
     "CheckpointError",
+    "ContextTap",
     "DECODER_DEFAULTS",
     "ImageEncoderViT",
     "LayerNorm2d",
@@ -38,6 +46,7 @@ __all__ = [
     "PatchEmbed",
     "PositionEmbeddingRandom",
     "PromptEncoder",
+    "ResizePosEmbed",
     "Sam",
     "TINY_OVERRIDES",
     "TinyViT",

@@ -1,11 +1,11 @@
-"""SAM's ViT image encoder (ViTDet style), with adapter slots in every block.
+"""SAM's ViT image encoder (ViTDet style), with adapter slots in every block and encoder-level hooks.
 
 Key layout (identical to the official ``sam_vit_{b,l,h}`` checkpoints, under ``image_encoder.``):
 ``patch_embed.proj.{weight,bias}``, ``pos_embed``, ``blocks.{i}.norm1/norm2.{weight,bias}``,
 ``blocks.{i}.attn.qkv/proj.{weight,bias}``, ``blocks.{i}.attn.rel_pos_h/rel_pos_w``,
 ``blocks.{i}.mlp.lin1/lin2.{weight,bias}``, ``neck.{0,2}.weight``, ``neck.{1,3}.{weight,bias}``.
-Adapters placed with :meth:`Block.set_adapter` appear under ``blocks.{i}.adapters.{slot}.*``; unused slots add
-no keys.
+Adapters placed with :meth:`Block.set_adapter` appear under ``blocks.{i}.adapters.{slot}.*``, encoder hooks set
+with :meth:`ImageEncoderViT.set_hook` under ``hooks.{name}.*``; unused slots and hooks add no keys.
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`; SAM's decomposed relative
 position bias is computed separately and passed as the additive ``attn_mask``.
@@ -14,6 +14,7 @@ position bias is computed separately and passed as the additive ``attn_mask``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,17 @@ from monai.networks.blocks.attention_utils import get_rel_pos
 from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
+from .slots import AdapterSlots, call_slot_module
 
 __all__ = [
     "ADAPTER_SLOTS",
+    "ENCODER_HOOKS",
     "VIT_PRESETS",
     "Attention",
     "Block",
     "ImageEncoderViT",
     "PatchEmbed",
+    "ResizePosEmbed",
     "window_partition",
     "window_unpartition",
 ]
@@ -52,6 +56,15 @@ ADAPTER_SLOTS: dict[str, str] = {
     "before_mlp": "serial",
     "after_mlp": "serial",
     "parallel_mlp": "parallel",
+    "after_block": "serial",
+}
+
+#: Encoder-level hooks of :class:`ImageEncoderViT` (set with :meth:`ImageEncoderViT.set_hook`), in forward order.
+ENCODER_HOOKS: dict[str, str] = {
+    "image_context": "module(images (B, in_chans, H, W), context) writes into the forward context (a CNN branch)",
+    "after_patch_embed": "tokens (B, h, w, C) -> (B, h, w, C), before the position embedding is added",
+    "pos_embed": "table (1, Hp, Wp, C) -> (1 or B, h, w, C), the position embedding added to the tokens",
+    "before_neck": "tokens (B, h, w, C) -> (B, h, w, C), after the last block",
 }
 
 
@@ -154,12 +167,12 @@ class Attention(nn.Module):
         return self.proj(out)
 
 
-class Block(nn.Module):
+class Block(AdapterSlots):
     """ViT block (pre-norm attention + MLP) with windowed or global attention and adapter slots.
 
-    ``forward``: ``(B, H, W, dim) -> (B, H, W, dim)``. Window blocks (``window_size > 0``) pad the grid to a
-    multiple of the window and attend within windows (padded tokens take part, as in SAM); ``window_size=0``
-    means global attention.
+    ``forward(x, context=None)``: ``(B, H, W, dim) -> (B, H, W, dim)``. Window blocks (``window_size > 0``) pad the
+    grid to a multiple of the window and attend within windows (padded tokens take part, as in SAM);
+    ``window_size=0`` means global attention.
 
     Adapter slots (all see full, un-windowed ``(B, H, W, C)`` tensors; set with :meth:`set_adapter`)::
 
@@ -173,11 +186,15 @@ class Block(nn.Module):
         xn = before_mlp(norm2(x))                    # serial, on the MLP input (SAMIHS mlp adapter)
         m  = after_mlp(mlp(xn))                      # serial, on the MLP output
         x  = x + m + scale * parallel_mlp(xn)        # parallel to the MLP (MSA MLP_Adapter, scale 0.5)
+        x  = after_block(x)                          # serial, at the block output (e.g. a ContextTap)
 
     A serial module must include its own skip connection (e.g. ``Adapter(skip=True)``); a parallel module
-    returns only its branch (``Adapter(skip=False)``). Unused slots are skipped and add no parameters or
+    returns only its branch (``Adapter(skip=False)``). Modules with ``uses_context`` also get the forward
+    ``context`` (see :mod:`common.networks.sam.slots`). Unused slots are skipped and add no parameters or
     state-dict keys; used slots store parameters under ``adapters.{slot}.*``.
     """
+
+    SLOTS = ADAPTER_SLOTS
 
     def __init__(
         self,
@@ -203,43 +220,6 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act_layer)
         self.window_size = window_size
-        self.adapters = nn.ModuleDict()
-        self.adapter_scales: dict[str, float] = {}
-
-    def set_adapter(self, slot: str, module: nn.Module | None, scale: float = 1.0) -> None:
-        """Place ``module`` in ``slot`` (see the class docstring), or remove the slot's module with ``None``.
-
-        ``scale`` multiplies the output of a parallel slot; serial slots take no scale (must be 1.0).
-        """
-        if slot not in ADAPTER_SLOTS:
-            raise KeyError(f"unknown adapter slot {slot!r}; expected one of {sorted(ADAPTER_SLOTS)}")
-        if module is None:
-            if slot in self.adapters:
-                del self.adapters[slot]
-            self.adapter_scales.pop(slot, None)
-            return
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"adapter for slot {slot!r} must be an nn.Module, got {type(module).__name__}")
-        if ADAPTER_SLOTS[slot] == "serial" and scale != 1.0:
-            raise ValueError(
-                f"slot {slot!r} is serial and takes no scale (got {scale}); build the scale into the module"
-            )
-        self.adapters[slot] = module
-        self.adapter_scales[slot] = float(scale)
-
-    def get_adapter(self, slot: str) -> nn.Module | None:
-        """The module in ``slot``, or ``None``."""
-        if slot not in ADAPTER_SLOTS:
-            raise KeyError(f"unknown adapter slot {slot!r}; expected one of {sorted(ADAPTER_SLOTS)}")
-        return self.adapters[slot] if slot in self.adapters else None
-
-    def _serial(self, slot: str, x: torch.Tensor) -> torch.Tensor:
-        return self.adapters[slot](x) if slot in self.adapters else x
-
-    def _parallel(self, slot: str, x_in: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if slot not in self.adapters:
-            return branch
-        return branch + self.adapter_scales[slot] * self.adapters[slot](x_in)
 
     def attend(self, xn: torch.Tensor) -> torch.Tensor:
         """Windowed (or global) attention on the normed grid ``(B, H, W, C) -> (B, H, W, C)``."""
@@ -249,26 +229,64 @@ class Block(nn.Module):
             return window_unpartition(self.attn(windows), self.window_size, pad_hw, hw)
         return self.attn(xn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._serial("before_block", x)
+    def forward(self, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor:
+        x = self._serial("before_block", x, context)
         shortcut = x
-        xn = self._serial("before_attn", self.norm1(x))
-        a = self._serial("after_attn", self.attend(xn))
-        a = self._parallel("parallel_attn", xn, a)
+        xn = self._serial("before_attn", self.norm1(x), context)
+        a = self._serial("after_attn", self.attend(xn), context)
+        a = self._parallel("parallel_attn", xn, a, context)
         x = shortcut + a
-        xn = self._serial("before_mlp", self.norm2(x))
-        m = self._serial("after_mlp", self.mlp(xn))
-        m = self._parallel("parallel_mlp", xn, m)
-        return x + m
+        xn = self._serial("before_mlp", self.norm2(x), context)
+        m = self._serial("after_mlp", self.mlp(xn), context)
+        m = self._parallel("parallel_mlp", xn, m, context)
+        return self._serial("after_block", x + m, context)
+
+
+class ResizePosEmbed(nn.Module):
+    """``pos_embed`` hook: SAM's absolute position table ``(1, Hp, Wp, C)`` resized to ``size`` token rows/columns.
+
+    E.g. the 64x64 table of a 1024 px checkpoint for a 256 px encoder with patch 16 (``size=(16, 16)``).
+    ``mode`` is a :func:`torch.nn.functional.interpolate` mode (``align_corners=False``; ``antialias`` for
+    down-sizing with ``"bilinear"``/``"bicubic"``). No parameters: the table stays the checkpoint's and trains (or
+    stays frozen) as loaded. A table already of ``size`` is returned unchanged.
+    """
+
+    def __init__(self, size: Sequence[int], mode: str = "bicubic", antialias: bool = False) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.mode = mode
+        self.antialias = antialias
+
+    def forward(self, table: torch.Tensor) -> torch.Tensor:
+        if tuple(table.shape[1:3]) == self.size:
+            return table
+        resized = F.interpolate(
+            table.permute(0, 3, 1, 2), size=self.size, mode=self.mode, align_corners=False, antialias=self.antialias
+        )
+        return resized.permute(0, 2, 3, 1)
 
 
 class ImageEncoderViT(nn.Module):
     """SAM image encoder: patch embedding, absolute position embedding, ViT blocks, conv neck.
 
-    ``forward``: images ``(B, in_chans, img_size, img_size)`` (no normalisation is applied here) ->
-    embeddings ``(B, out_chans, img_size/patch, img_size/patch)``. Defaults are SAM ViT-B at 1024 px; see
-    :data:`VIT_PRESETS` for ViT-L/H. ``global_attn_indexes`` lists the blocks with global attention, all
-    others use ``window_size`` windows (``window_size=0``: all global).
+    ``forward(images, context=None)``: images ``(B, in_chans, img_size, img_size)`` (no normalisation is applied
+    here: see :mod:`common.transforms.sam_input`) -> embeddings ``(B, out_chans, img_size/patch, img_size/patch)``.
+    Defaults are SAM ViT-B at 1024 px; see :data:`VIT_PRESETS` for ViT-L/H. ``global_attn_indexes`` lists the blocks
+    with global attention, all others use ``window_size`` windows (``window_size=0``: all global).
+    ``pos_embed_grid`` is the side of the absolute position table (default ``img_size // patch_size``); a table of
+    another size (e.g. a 1024 px checkpoint's 64x64 in a 256 px encoder) needs a ``pos_embed`` hook such as
+    :class:`ResizePosEmbed` that maps it to the token grid.
+
+    Encoder hooks (:data:`ENCODER_HOOKS`, set with :meth:`set_hook`)::
+
+        image_context(images, context)               # writes e.g. SAMUS's CNN branch features into context
+        x = after_patch_embed(patch_embed(images))   # e.g. SAMUS's feature adapter
+        x = x + pos_embed(table)                     # e.g. ResizePosEmbed, SAMUS's position adapter
+        x = blocks(x, context)                       # adapter slots of every Block
+        embeddings = neck(before_neck(x))            # e.g. SAMUS's fusion of the CNN features
+
+    ``context`` is one dict per forward (created when not given; pass your own to read what modules left in it),
+    handed to every slot and hook module with ``uses_context``. With no hook set the forward is SAM's.
     """
 
     def __init__(
@@ -288,6 +306,7 @@ class ImageEncoderViT(nn.Module):
         use_abs_pos: bool = True,
         norm_eps: float = 1e-6,
         act_layer: type[nn.Module] = nn.GELU,
+        pos_embed_grid: int | None = None,
     ) -> None:
         super().__init__()
         bad = [i for i in global_attn_indexes if not 0 <= int(i) < depth]
@@ -307,7 +326,8 @@ class ImageEncoderViT(nn.Module):
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         self.pos_embed: nn.Parameter | None = None
         if use_abs_pos:
-            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+            table = grid if pos_embed_grid is None else int(pos_embed_grid)
+            self.pos_embed = nn.Parameter(torch.zeros(1, table, table, embed_dim))
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -328,6 +348,7 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+        self.hooks = nn.ModuleDict()
 
     def set_adapters(
         self,
@@ -338,44 +359,60 @@ class ImageEncoderViT(nn.Module):
     ) -> None:
         """Place ``factory(block_index)`` in ``slot`` of each listed block (default: all blocks)."""
         for i in range(len(self.blocks)) if blocks is None else blocks:
-            self.blocks[i].set_adapter(slot, factory(i), scale=scale)
+            self.block(i).set_adapter(slot, factory(i), scale=scale)
 
-    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def block(self, index: int) -> Block:
+        """Block ``index`` (typed access to :attr:`blocks`)."""
+        return cast(Block, self.blocks[index])
+
+    def set_hook(self, name: str, module: nn.Module | None) -> None:
+        """Place ``module`` at the encoder hook ``name`` (:data:`ENCODER_HOOKS`), or remove it with ``None``."""
+        if name not in ENCODER_HOOKS:
+            raise KeyError(f"unknown encoder hook {name!r}; expected one of {list(ENCODER_HOOKS)}")
+        if module is None:
+            if name in self.hooks:
+                del self.hooks[name]
+            return
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"encoder hook {name!r} must be an nn.Module, got {type(module).__name__}")
+        self.hooks[name] = module
+
+    def get_hook(self, name: str) -> nn.Module | None:
+        """The module at hook ``name``, or ``None``."""
+        if name not in ENCODER_HOOKS:
+            raise KeyError(f"unknown encoder hook {name!r}; expected one of {list(ENCODER_HOOKS)}")
+        return self.hooks[name] if name in self.hooks else None
+
+    def _hook(self, name: str, x: torch.Tensor, context: dict[str, Any]) -> torch.Tensor:
+        return call_slot_module(self.hooks[name], x, context) if name in self.hooks else x
+
+    def embed_tokens(self, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor:
         """Patch embedding plus absolute position: ``(B, in_chans, S, S) -> (B, S/patch, S/patch, embed_dim)``."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(
                 f"image encoder expects images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
                 f"got {tuple(x.shape)}"
             )
-        x = self.patch_embed(x)
+        context = {} if context is None else context
+        x = self._hook("after_patch_embed", self.patch_embed(x), context)
         if self.pos_embed is not None:
-            if x.shape[1:3] != self.pos_embed.shape[1:3]:
+            pos = self._hook("pos_embed", self.pos_embed, context)
+            if x.shape[1:3] != pos.shape[1:3]:
                 raise ValueError(
-                    f"input of {tuple(x.shape[1:3])} tokens does not match pos_embed grid "
-                    f"{tuple(self.pos_embed.shape[1:3])}: the encoder was built for {self.img_size}x{self.img_size} "
-                    "images; resize/pad the input to that size"
+                    f"input of {tuple(x.shape[1:3])} tokens does not match the pos_embed grid "
+                    f"{tuple(pos.shape[1:3])}: the encoder was built for {self.img_size}x{self.img_size} images; "
+                    "resize/pad the input to that size, or set a 'pos_embed' hook (e.g. ResizePosEmbed) that maps "
+                    "the table to the token grid"
                 )
-            x = x + self.pos_embed
+            x = x + pos
         return x
 
-    def forward_intermediates(
-        self, x: torch.Tensor, indexes: Sequence[int] = ()
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Embeddings ``(B, out_chans, He, We)`` plus the token grids ``(B, He, We, embed_dim)`` output by the
-        blocks listed in ``indexes`` (e.g. the first global block for HQ-SAM), in the order given."""
-        x = self.embed_tokens(x)
-        wanted = {int(i): None for i in indexes}
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i in wanted:
-                wanted[i] = x
-        missing = [i for i, v in wanted.items() if v is None]
-        if missing:
-            raise ValueError(f"intermediate block indexes {missing} are outside 0..{len(self.blocks) - 1}")
-        return self.neck(x.permute(0, 3, 1, 2)), [wanted[int(i)] for i in indexes]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed_tokens(x)
+    def forward(self, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor:
+        context = {} if context is None else context
+        if "image_context" in self.hooks:
+            self.hooks["image_context"](x, context)
+        x = self.embed_tokens(x, context)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, context)
+        x = self._hook("before_neck", x, context)
         return self.neck(x.permute(0, 3, 1, 2))

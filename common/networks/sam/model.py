@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
 __all__ = ["Sam"]
 
 
@@ -19,16 +22,17 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
         super().__init__()
         self.image_encoder = image_encoder
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
+        self.prompt_encoder: PromptEncoder = prompt_encoder
+        self.mask_decoder: MaskDecoder = mask_decoder
 
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` in pixels of the encoder input; prompt coordinates refer to this frame."""
-        return tuple(self.prompt_encoder.input_image_size)
+        h, w = self.prompt_encoder.input_image_size
+        return (h, w)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings: ``(B, C, S, S)`` float -> ``(B, D, He, We)`` (e.g. ``(B, 256, 64, 64)`` at 1024 px)."""
@@ -49,7 +53,9 @@ class Sam(nn.Module):
             image_embeddings: ``(Bi, D, He, We)``; ``Bi`` is 1 (shared by all prompt sets) or the prompt batch B.
             point_coords: ``(B, N, 2)`` (x, y) in input-image pixels; point_labels: ``(B, N)`` (1 fg, 0 bg, -1 pad).
             boxes: ``(B, 4)`` or ``(B, 1, 4)`` ``[x0, y0, x1, y1]`` in input-image pixels.
-            mask_inputs: ``(B, 1, 4He, 4We)`` mask logits (e.g. a previous low-res prediction).
+            mask_inputs: ``(B, 1, 4He, 4We)`` dense mask prompt in logit scale (SAM was trained on its own previous
+                low-res logits; background must be negative, not 0): replaces ``no_mask_embed`` through
+                ``mask_downscaling``. May be the only prompt.
             multimask_output: return the 3 ambiguity masks instead of the single-mask token.
 
         Returns:
@@ -85,8 +91,10 @@ class Sam(nn.Module):
         point_labels: torch.Tensor | None = None,
         multimask_output: bool = False,
         return_iou: bool = False,
+        mask_inputs: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Encode ``images (B, C, S, S)`` and decode the prompts: ``low_res_logits (B, M, 4S/p, 4S/p)``
+        """Encode ``images (B, C, S, S)`` and decode the prompts (as :meth:`decode`, ``mask_inputs`` being dense
+        mask prompts ``(B, 1, 4S/p, 4S/p)`` in logit scale): ``low_res_logits (B, M, 4S/p, 4S/p)``
         (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou`` also ``iou_predictions (B, M)``
         (training the IoU head goes through ``forward`` so DistributedDataParallel sees it)."""
         embeddings = self.encode(images)
@@ -95,6 +103,7 @@ class Sam(nn.Module):
             point_coords=point_coords,
             point_labels=point_labels,
             boxes=boxes,
+            mask_inputs=mask_inputs,
             multimask_output=multimask_output,
         )
         return (low_res, iou) if return_iou else low_res

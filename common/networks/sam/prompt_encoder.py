@@ -6,6 +6,7 @@ Coordinates are (x, y) in input-image pixels (the encoder's ``input_image_size``
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ class PositionEmbeddingRandom(nn.Module):
     is in the checkpoint). A point ``p`` in [0, 1]^2 (x, y) maps to ``[sin(f), cos(f)]`` with
     ``f = 2*pi * (2p - 1) @ G``, i.e. ``2 * num_pos_feats`` channels.
     """
+
+    positional_encoding_gaussian_matrix: torch.Tensor
 
     def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
@@ -79,8 +82,8 @@ class PromptEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.image_embedding_size = tuple(image_embedding_size)
-        self.input_image_size = tuple(input_image_size)
+        self.image_embedding_size = (int(image_embedding_size[0]), int(image_embedding_size[1]))
+        self.input_image_size = (int(input_image_size[0]), int(input_image_size[1]))
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
         self.num_point_embeddings = 4  # negative, positive, box corner 1, box corner 2
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(self.num_point_embeddings))
@@ -97,6 +100,10 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
+    def _point_embedding(self, index: int) -> torch.Tensor:
+        """Learned embedding ``(1, embed_dim)`` of point label ``index`` (0 neg, 1 pos, 2/3 box corners)."""
+        return cast(nn.Embedding, self.point_embeddings[index]).weight
+
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid: ``(1, embed_dim, He, We)``."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
@@ -111,13 +118,13 @@ class PromptEncoder(nn.Module):
         emb = torch.where(lab == -1, torch.zeros_like(pe), pe)
         emb = emb + (lab == -1) * self.not_a_point_embed.weight
         for value in range(self.num_point_embeddings):
-            emb = emb + (lab == value) * self.point_embeddings[value].weight
+            emb = emb + (lab == value) * self._point_embedding(value)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(boxes.shape[0], -1, 2)  # (B, 2K, 2)
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
+        corner_embed = torch.cat([self._point_embedding(2), self._point_embedding(3)], dim=0)
         return emb + corner_embed.repeat(corners.shape[1] // 2, 1)
 
     def _batch_size(self, points, boxes, masks, batch_size: int | None) -> int:

@@ -57,10 +57,10 @@ __all__ = [
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(value, int):
         return value, value
-    pair = tuple(int(v) for v in value)
+    pair = [int(v) for v in value]
     if len(pair) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def _drop_path(rate: float) -> nn.Module:
@@ -193,6 +193,8 @@ class WindowAttention(nn.Module):
         rows, cols = rows.flatten(), cols.flatten()
         index = (rows[:, None] - rows[None, :]).abs() * window_size + (cols[:, None] - cols[None, :]).abs()
         self.register_buffer("attention_bias_index", index, persistent=False)
+
+    attention_bias_index: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape

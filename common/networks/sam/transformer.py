@@ -4,18 +4,29 @@ Key layout as in the official checkpoints (under ``mask_decoder.transformer.``):
 ``layers.{i}.cross_attn_token_to_image``, ``layers.{i}.cross_attn_image_to_token`` (each
 ``{q,k,v,out}_proj``), ``layers.{i}.norm{1..4}``, ``layers.{i}.mlp.lin{1,2}``, ``final_attn_token_to_image``,
 ``norm_final_attn``. MONAI's ``CrossAttentionBlock`` uses other parameter names and no internal downsampling,
-so it does not load these weights.
+so it does not load these weights. Decoder adapters placed with :meth:`TwoWayAttentionBlock.set_adapter` appear under
+``layers.{i}.adapters.{slot}.*``; unused slots add no keys.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
+from .slots import AdapterSlots
 
-__all__ = ["Attention", "TwoWayAttentionBlock", "TwoWayTransformer"]
+__all__ = ["DECODER_ADAPTER_SLOTS", "Attention", "TwoWayAttentionBlock", "TwoWayTransformer"]
+
+#: Adapter slots of :class:`TwoWayAttentionBlock` (the three places of Medical SAM Adapter's decoder adapters).
+DECODER_ADAPTER_SLOTS: dict[str, str] = {
+    "after_token_to_image": "serial",
+    "parallel_mlp": "parallel",
+    "after_image_to_token": "serial",
+}
 
 
 class Attention(nn.Module):
@@ -48,12 +59,25 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
 
-class TwoWayAttentionBlock(nn.Module):
+class TwoWayAttentionBlock(AdapterSlots):
     """Token self-attention, token->image cross-attention, token MLP, image->token cross-attention (post-norm).
 
-    ``forward(queries (B, Nq, D), keys (B, Nk, D), query_pe, key_pe) -> (queries, keys)``. The first block of
-    the transformer skips the positional encoding in its self-attention and its residual.
+    ``forward(queries (B, Nq, D), keys (B, Nk, D), query_pe, key_pe, context=None) -> (queries, keys)``. The first
+    block of the transformer skips the positional encoding in its self-attention and its residual.
+
+    Adapter slots (:data:`DECODER_ADAPTER_SLOTS`, set with :meth:`set_adapter`; conventions of
+    :mod:`common.networks.sam.slots`)::
+
+        q = norm1(q + self_attn(q + q_pe, q + q_pe, q))
+        q = norm2(q + after_token_to_image(cross_attn_token_to_image(q + q_pe, k + k_pe, k)))   # serial
+        q = norm3(q + mlp(q) + scale * parallel_mlp(q))                                       # parallel
+        k = norm4(after_image_to_token(k + cross_attn_image_to_token(k + k_pe, q + q_pe, q)))  # serial
+
+    A prompt-conditioned module (``uses_context``) finds the block's prompt tokens, ``(B, Nq, D)`` (output tokens
+    then sparse prompt embeddings, the transformer's ``point_embedding``), in ``context["prompt_tokens"]``.
     """
+
+    SLOTS = DECODER_ADAPTER_SLOTS
 
     def __init__(
         self,
@@ -76,7 +100,12 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        context: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -87,11 +116,13 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
+        attn = self._serial("after_token_to_image", self.cross_attn_token_to_image(q, k, keys), context)
+        queries = self.norm2(queries + attn)
+        queries = self.norm3(queries + self._parallel("parallel_mlp", queries, self.mlp(queries), context))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = keys + self.cross_attn_image_to_token(k, q, queries)
+        keys = self.norm4(self._serial("after_image_to_token", keys, context))
         return queries, keys
 
 
@@ -99,7 +130,8 @@ class TwoWayTransformer(nn.Module):
     """Stack of :class:`TwoWayAttentionBlock` plus a final token->image attention.
 
     ``forward(image_embedding (B, D, h, w), image_pe (B, D, h, w), point_embedding (B, N, D))`` returns
-    ``(queries (B, N, D), keys (B, h*w, D))``.
+    ``(queries (B, N, D), keys (B, h*w, D))``. Every layer gets ``context = {"prompt_tokens": point_embedding}``
+    for its prompt-conditioned adapters.
     """
 
     def __init__(
@@ -136,8 +168,9 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
+        context = {"prompt_tokens": point_embedding}
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+            queries, keys = layer(queries, keys, point_embedding, key_pe, context)
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
