@@ -8,10 +8,13 @@ unscaled first, so the threshold applies to true gradients.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
+
+if TYPE_CHECKING:
+    from monai.engines import SupervisedTrainer
 
 __all__ = ["GradientClipHandler"]
 
@@ -38,10 +41,10 @@ class GradientClipHandler:
         self.max_norm, self.norm_type = float(max_norm), float(norm_type)
         self.last_norms: list[float] = []
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: SupervisedTrainer) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None:
             scaler.unscale_(engine.optimizer)

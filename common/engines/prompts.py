@@ -26,7 +26,7 @@ class PrepareBoxPromptBatch(PrepareBatch):
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         boxes = torch.as_tensor(batchdata[self.box_key]).to(device=device, dtype=torch.float32)
-        kwargs_ = {"boxes": boxes.reshape(boxes.shape[0], 1, 4)}
+        kwargs_: dict[str, torch.Tensor | bool] = {"boxes": boxes.reshape(boxes.shape[0], 1, 4)}
         if self.return_iou:
             kwargs_["return_iou"] = True
         return image, label, (), kwargs_

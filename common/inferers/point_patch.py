@@ -41,7 +41,8 @@ def crop_patch(image: torch.Tensor, start: torch.Tensor, roi_size: int) -> torch
     """``(C, X, Y, Z)`` -> ``(C, roi, roi, roi)`` from ``start``, zero where the cube runs past the image."""
     patch = image.new_zeros((image.shape[0], roi_size, roi_size, roi_size))
     image_sl, patch_sl = _overlap(start, roi_size, image.shape[1:])
-    patch[(slice(None), *patch_sl)] = image[(slice(None), *image_sl)]
+    all_channels = (slice(None),)
+    patch[all_channels + patch_sl] = image[all_channels + image_sl]
     return patch
 
 
@@ -49,7 +50,8 @@ def paste_patch(patch: torch.Tensor, start: torch.Tensor, shape: Sequence[int]) 
     """``(C, roi, roi, roi)`` -> ``(C, *shape)`` zeros with the part of the patch that lies inside the image."""
     out = patch.new_zeros((patch.shape[0], *shape))
     image_sl, patch_sl = _overlap(start, patch.shape[1], shape)
-    out[(slice(None), *image_sl)] = patch[(slice(None), *patch_sl)]
+    all_channels = (slice(None),)
+    out[all_channels + image_sl] = patch[all_channels + patch_sl]
     return out
 
 

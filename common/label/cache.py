@@ -71,5 +71,6 @@ def cache_image_embeddings(network: torch.nn.Module, max_bytes: int) -> StackEmb
     if not callable(encode):
         return None
     cache = StackEmbeddingCache(encode, max_bytes)
-    network.encode = cache
+    # setattr: torch types Module.__setattr__ for tensors and modules only; other values become plain attributes
+    setattr(network, "encode", cache)
     return cache

@@ -46,6 +46,10 @@ class PromptedBundleInferTask(BundleInferTask):
             (default 2048; 0 disables reuse).
     """
 
+    # set by BundleInferTask (monailabel has no type information) and rewritten in __init__
+    labels: dict[str, int]
+    description: str
+
     def __init__(self, path: str, conf: dict, **kwargs):
         self._lock = threading.Lock()
         super().__init__(path, conf, post_filter=[SaveImaged, AtomicSaveImaged], **kwargs)

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -122,7 +122,8 @@ class StructureMetricsReport:
         return rows
 
     def collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        # ignite types State.output as int | None; an evaluator with decollated batches holds one dict per case
+        for item in cast(Sequence[Mapping[str, Any]], engine.state.output):
             label = item["label"]
             source = getattr(item.get("image", label), "meta", {}).get("filename_or_obj", f"case_{len(self.rows)}")
             case = output_stem(source)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import nn
 
 from common.networks.adapters import Adapter
 from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, Sam, build_sam_vit, load_checkpoint
-from common.networks.sam.image_encoder import Attention, window_partition, window_unpartition
+from common.networks.sam.image_encoder import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
 
 __all__ = [
     "DEPTH_GROUPINGS",
@@ -66,6 +67,8 @@ class DepthAttention(nn.Module):
     the windowed batch axis, ordered (slice, window), is split into groups of ``D`` consecutive entries, which mixes
     windows and slices; in global blocks both groupings are the same.
     """
+
+    attention: Attention  # set with object.__setattr__ in __init__
 
     def __init__(
         self, attention: Attention, depth: int, adapter: nn.Module, grouping: str = "per_token", window_size: int = 0
@@ -156,12 +159,16 @@ class MSAVolume(Sam):
     sliding windows. State dict: SAM's layout plus the adapters.
     """
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
         super().__init__(image_encoder, prompt_encoder, mask_decoder)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    # Volumes and click maps instead of Sam's 2-D images and prompts: a different call by design.
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if (
             image.ndim != 5
             or image.shape[1] != 1
@@ -189,7 +196,10 @@ class MSAVolume(Sam):
         return torch.stack(out, dim=1)
 
 
-def msa_trainable(model: Sam) -> Sam:
+SamT = TypeVar("SamT", bound=Sam)
+
+
+def msa_trainable(model: SamT) -> SamT:
     """Published trainable set: encoder adapters and the mask decoder; everything else frozen."""
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("mask_decoder.") or ".adapters." in name)
@@ -210,23 +220,20 @@ def build_msa(
     """
     built = build_sam_vit(preset, image_size=image_size, **overrides)
     sam = MSAVolume(built.image_encoder, built.prompt_encoder, built.mask_decoder)
-    enc = sam.image_encoder
+    enc = cast(ImageEncoderViT, sam.image_encoder)  # build_sam_vit builds a ViT encoder
     dim = enc.embed_dim
     enc.set_adapters("after_attn", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=True))
     enc.set_adapters(
         "parallel_mlp", lambda i: Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False), scale=MLP_ADAPTER_SCALE
     )
     if num_slices is not None:
-        enc.set_adapters(
-            "parallel_attn",
-            lambda i: DepthAttention(
-                enc.blocks[i].attn,
-                num_slices,
-                Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False),
-                depth_grouping,
-                enc.blocks[i].window_size,
-            ),
-        )
+
+        def depth_branch(i: int) -> DepthAttention:
+            block = cast(Block, enc.blocks[i])
+            adapter = Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False)
+            return DepthAttention(block.attn, num_slices, adapter, depth_grouping, block.window_size)
+
+        enc.set_adapters("parallel_attn", depth_branch)
     return msa_trainable(sam)
 
 

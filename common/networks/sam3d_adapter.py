@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, load_state_dict_file
-from common.networks.sam3d import ImageEncoder3d, MultiLevelDecoder, VisualSamplerPromptEncoder
+from common.networks.sam3d import Block3d, ImageEncoder3d, MultiLevelDecoder, VisualSamplerPromptEncoder
 
 __all__ = [
     "SAM_VIT_B_HINT",
@@ -88,7 +89,7 @@ class Sam3DAdapter(nn.Module):
             raise ValueError("this 3DSAM-adapter is the automatic (prompt-free) variant: it takes no points")
         image_dhw = image.permute(0, 1, 4, 3, 2)  # (B, C, X, Y, Z) -> published (B, C, D, H, W)
         features = self.image_encoder(image_dhw)
-        if self.prompt_encoder is not None:
+        if self.prompt_encoder is not None and points is not None:  # both or neither, checked above
             if points.ndim != 3 or points.shape[0] != image.shape[0] or points.shape[2] != 3:
                 raise ValueError(f"points must be (B={image.shape[0]}, N, 3), got {tuple(points.shape)}")
             points_dwh = points.to(features[-1].dtype)[..., [2, 0, 1]]  # [x, y, z] -> published (d, w, h)
@@ -231,7 +232,8 @@ def init_from_sam(model: Sam3DAdapter, sam: str | os.PathLike | Mapping) -> list
         for k in keys:
             own[k].copy_(state[k])
         for block in encoder.blocks:
-            block.attn.rel_pos_d.copy_(0.5 * (block.attn.rel_pos_h + block.attn.rel_pos_w))
+            attn = cast(Block3d, block).attn
+            attn.rel_pos_d.copy_(0.5 * (attn.rel_pos_h + attn.rel_pos_w))
     return keys
 
 

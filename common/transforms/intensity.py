@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -152,7 +153,9 @@ class NonZeroPercentileNormalize(Transform):
                 f"no {'positive' if self.foreground == 'positive' else 'non-zero'} voxel to take percentiles of "
                 f"(image of shape {tuple(x.shape)}, min {float(x.min()) if x.numel() else 'n/a'})."
             )
-        lo, hi = (float(v) for v in percentile(values.to(torch.float64), [self.lower, self.upper]))
+        # a tensor and two percentiles give a (2,) tensor
+        bounds = cast(torch.Tensor, percentile(values.to(torch.float64), [self.lower, self.upper]))
+        lo, hi = (float(v) for v in bounds)
         if hi - lo <= 0:
             warnings.warn(f"percentile range is empty (lo == hi == {lo}); output set to b_min.", stacklevel=3)
             return torch.full_like(x, self.b_min)
@@ -199,7 +202,7 @@ class NonZeroPercentileNormalized(MapTransform):
             try:
                 d[key] = self.normalizer(d[key])
             except ValueError as err:
-                meta = getattr(d[key], "meta", None) or d.get(f"{key}_meta_dict") or {}
+                meta: object = getattr(d[key], "meta", None) or d.get(f"{key}_meta_dict") or {}
                 source = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
                 where = f" (file {source})" if source else ""
                 raise ValueError(f"NonZeroPercentileNormalized: key {key!r}{where}: {err}") from err

@@ -72,7 +72,7 @@ def _per_axis(value: int | Sequence[int], ndim: int, name: str) -> list[int]:
     return values
 
 
-def _randint(rng: RngLike, high_inclusive: int) -> int:
+def _randint(rng: np.random.RandomState | np.random.Generator, high_inclusive: int) -> int:
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, high_inclusive + 1))
     return int(rng.randint(0, high_inclusive + 1))  # RandomState (MONAI's self.R): exclusive high
@@ -166,12 +166,17 @@ class _LabelPromptBase(Randomizable, MapTransform):
     def _choose_value(self, values: Sequence[float]) -> float:
         return values[int(self.R.randint(len(values)))]
 
-    def _write_target(self, d: dict, key: Hashable, mask: torch.Tensor) -> None:
+    def _drawn(self) -> tuple[float, torch.Tensor]:
+        """The value and mask chosen by the last ``randomize``."""
+        if self._value is None or self._mask is None:
+            raise RuntimeError(f"{type(self).__name__}: randomize() has not drawn a label value yet.")
+        return self._value, self._mask
+
+    def _write_target(self, d: dict, key: Hashable, mask: torch.Tensor, value: float) -> None:
         if self.target_key is not None:
             d[self.target_key] = convert_to_dst_type(mask[None], dst=d[key], dtype=torch.float32)[0]
         if self.label_value_key is not None:
-            v = self._value
-            d[self.label_value_key] = int(v) if float(v).is_integer() else v
+            d[self.label_value_key] = int(value) if float(value).is_integer() else value
 
 
 class RandBoxPromptd(_LabelPromptBase):
@@ -214,8 +219,13 @@ class RandBoxPromptd(_LabelPromptBase):
         self.max_shift = max_shift
         self._box: list[int] | None = None
 
-    def randomize(self, label: torch.Tensor, values: Sequence[float]) -> None:
-        """Choose a value among ``values`` of the spatial ``label`` and draw the jittered box of its mask."""
+    def randomize(self, label: torch.Tensor, values: Sequence[float] | None = None) -> None:
+        """Choose a value among ``values`` of the spatial ``label`` and draw the jittered box of its mask.
+
+        ``values`` is required; its ``None`` default only keeps the signature of ``Randomizable.randomize``.
+        """
+        if values is None:
+            raise TypeError(f"{type(self).__name__}.randomize() needs the candidate label values.")
         self._value = self._choose_value(values)
         self._mask = label == self._value
         self._box = jitter_box(bounding_box(self._mask), self.max_shift, tuple(self._mask.shape), rng=self.R)
@@ -225,8 +235,9 @@ class RandBoxPromptd(_LabelPromptBase):
         for key in self.key_iterator(d):
             label = self._spatial_label(d, key)
             self.randomize(label, self._present_values(d, key, label))
+            value, mask = self._drawn()
             d[self.box_key] = torch.tensor(self._box, dtype=torch.float32)
-            self._write_target(d, key, self._mask)
+            self._write_target(d, key, mask, value)
         return d
 
 
@@ -289,8 +300,13 @@ class RandPointPromptd(_LabelPromptBase):
                     return torch.as_tensor(list(found), dtype=torch.long)
         return self._sample_inside(~flat_mask, k)  # small background: enumerate it
 
-    def randomize(self, label: torch.Tensor, values: Sequence[float]) -> None:
-        """Choose a value among ``values`` of the spatial ``label`` and draw the flat indices of the points."""
+    def randomize(self, label: torch.Tensor, values: Sequence[float] | None = None) -> None:
+        """Choose a value among ``values`` of the spatial ``label`` and draw the flat indices of the points.
+
+        ``values`` is required; its ``None`` default only keeps the signature of ``Randomizable.randomize``.
+        """
+        if values is None:
+            raise TypeError(f"{type(self).__name__}.randomize() needs the candidate label values.")
         self._value = self._choose_value(values)
         self._mask = label == self._value
         flat = self._mask.flatten()
@@ -315,8 +331,9 @@ class RandPointPromptd(_LabelPromptBase):
                 self.randomize(label, values)
             except ValueError as err:
                 raise ValueError(f"{type(self).__name__}: key {key!r}{self._where(d, key)}: {err}") from err
-            coords = np.stack(np.unravel_index(self._indices.numpy(), tuple(self._mask.shape)), axis=-1)
+            value, mask = self._drawn()
+            coords = np.stack(np.unravel_index(self._indices.numpy(), tuple(mask.shape)), axis=-1)
             d[self.point_key] = torch.as_tensor(coords, dtype=torch.float32)
             d[self.point_label_key] = torch.tensor([1] * self.num_positive + [0] * self.num_negative, dtype=torch.int64)
-            self._write_target(d, key, self._mask)
+            self._write_target(d, key, mask, value)
         return d

@@ -33,7 +33,7 @@ __all__ = ["ScaleResampled", "scale_affine"]
 MODES = ("trilinear", "nearest")
 
 
-def scale_affine(scale: Sequence[float]) -> np.ndarray:
+def scale_affine(scale: Sequence[float] | np.ndarray) -> np.ndarray:
     """``(4, 4)`` map from new voxel indices to old ones: ``old = (new + 0.5) / scale - 0.5`` per axis."""
     s = np.asarray(scale, dtype=np.float64)
     affine = np.diag(np.append(1.0 / s, 1.0))
@@ -143,7 +143,7 @@ class ScaleResampled(MapTransform, InvertibleTransform):
             d[key] = self._resample(key, d[key], mode)
         return d
 
-    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+    def inverse(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, MetaTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             transform = self.pop_transform(d[key])

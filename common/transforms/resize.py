@@ -70,7 +70,7 @@ def _pair(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
     size = tuple(int(s) for s in size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"{name} must be a positive int or a pair of positive ints (h, w), got {size}.")
-    return size  # type: ignore[return-value]
+    return size[0], size[1]
 
 
 def _plain_tensor(image) -> torch.Tensor:

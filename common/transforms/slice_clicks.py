@@ -70,10 +70,12 @@ class RandSliceClicksd(Randomizable, MapTransform):
 
     def randomize(self, present: Sequence[int]) -> None:
         candidates = [v for v in present if self.labels is None or v in self.labels] or self.labels
+        if not candidates:  # __call__ raises its own error for such a label before getting here
+            raise ValueError("RandSliceClicksd: no structure to click on (none present and no labels given)")
         self._value = int(candidates[self.R.randint(len(candidates))])
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor | int]:
+        d: dict[Hashable, torch.Tensor | int] = dict(data)
         label = torch.as_tensor(d[self.label_key])
         _check_label(label, self.label_key, "RandSliceClicksd")
         present = [int(v) for v in torch.unique(label).tolist() if v > 0]
@@ -161,11 +163,12 @@ class PointsToClickMapd(MapTransform):
         clicks = torch.zeros((1, *shape), dtype=torch.float32)
         for i, (voxel, label) in enumerate(zip(voxels.tolist(), labels.tolist())):
             value = 1.0 if label == 1 else -1.0
-            if clicks[(0, *voxel)] == -value:
+            index = (0, *voxel)
+            if clicks[index] == -value:
                 raise ValueError(
                     f"'{self.points_key}' for {source}: point #{i} {points[i].tolist()} (label {label:g}) "
                     f"falls on voxel {voxel}, which already holds a click of the other sign"
                 )
-            clicks[(0, *voxel)] = value
+            clicks[index] = value
         d[self.click_key] = clicks.to(image.device) if isinstance(image, torch.Tensor) else clicks
         return d

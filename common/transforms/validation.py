@@ -38,9 +38,11 @@ def _nifti_nonfinite_count(path) -> int:
         image = nib.load(str(path))
     except Exception:  # a file only ITK can parse: nothing more to check
         return 0
-    if not np.issubdtype(image.get_data_dtype(), np.inexact):
+    # nib.load is typed to return the FileBasedImage base; a .nii file gives a Nifti1/2Image or Cifti2Image,
+    # which all have get_data_dtype() and dataobj
+    if not np.issubdtype(image.get_data_dtype(), np.inexact):  # type: ignore[attr-defined]
         return 0
-    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    return int((~np.isfinite(np.asanyarray(image.dataobj))).sum())  # type: ignore[attr-defined]
 
 
 class CheckFinited(MapTransform):

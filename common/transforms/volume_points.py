@@ -66,8 +66,13 @@ class RandVolumePointsd(Randomizable, MapTransform):
             )
         self._indices = np.zeros(0, dtype=np.int64)
 
-    def randomize(self, foreground: np.ndarray, size: int) -> None:
-        """Draw flat indices: ``foreground`` lists the flat foreground indices of a volume of ``size`` voxels."""
+    def randomize(self, foreground: np.ndarray, size: int | None = None) -> None:
+        """Draw flat indices: ``foreground`` lists the flat foreground indices of a volume of ``size`` voxels.
+
+        ``size`` is required; its ``None`` default only keeps the signature of ``Randomizable.randomize``.
+        """
+        if size is None:
+            raise TypeError("RandVolumePointsd.randomize() needs size, the number of voxels of the volume.")
         if foreground.size:
             positive = foreground[self.R.randint(0, foreground.size, size=self.num_positive)]
             self._indices = np.concatenate([positive, self.R.randint(0, size, size=self.num_random)])

@@ -23,6 +23,12 @@ class MLAHead(nn.Module):
     """Four heads (``head2..head5``), each two conv-IN-ReLU blocks: ``(B, in_ch, G, G, G) -> (B, mid_ch, G, G, G)``,
     one per tapped feature level (applied by :class:`MultiLevelDecoder`)."""
 
+    # registered with setattr in __init__
+    head2: nn.Sequential
+    head3: nn.Sequential
+    head4: nn.Sequential
+    head5: nn.Sequential
+
     def __init__(self, in_ch: int = 256, mid_ch: int = 128) -> None:
         super().__init__()
         self.mid_ch = mid_ch

@@ -72,7 +72,7 @@ class Attention3d(Attention):
         self.lr = nn.Parameter(torch.tensor(1.0))
         self.inference_chunk = inference_chunk
 
-    def rel_pos_bias(self, q: torch.Tensor, window: int) -> torch.Tensor:
+    def rel_pos_bias_3d(self, q: torch.Tensor, window: int) -> torch.Tensor:
         """``q (Bw, heads, w**3, hd)`` (unscaled) -> bias ``(Bw, heads, w**3, w**3)``:
         ``q . R_h[h - h'] + q . R_w[w - w'] + q . R_d[d - d']`` (MONAI's ``get_rel_pos`` does the resizing)."""
         bw, n_heads, _, hd = q.shape
@@ -90,7 +90,7 @@ class Attention3d(Attention):
         n = w**3
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = self.lr * self.rel_pos_bias(q, w)
+        bias = self.lr * self.rel_pos_bias_3d(q, w)
         if mask is not None:
             bias = bias + mask[:, None].to(bias.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -193,6 +193,9 @@ class ImageEncoder3d(nn.Module):
         input_path: one of :data:`INPUT_PATHS`.
     """
 
+    shift_mask: torch.Tensor
+    interp: torch.Tensor
+
     def __init__(
         self,
         roi_size: int = 128,
@@ -292,8 +295,11 @@ class ImageEncoder3d(nn.Module):
             if in_channels == 1:
                 plane = plane.sum(1, keepdim=True)
             b_patch = self.patch_embed.proj.bias
+        b_slice = self.slice_embed.bias
+        if b_slice is None or b_patch is None:  # both convs are built with a bias
+            raise RuntimeError("the fused input path needs the biases of slice_embed and patch_embed.proj")
         weight = depth[:, None, :, None, None] * plane[:, :, None]
-        bias = self.slice_embed.bias + b_patch * taps.sum(1)
+        bias = b_slice + b_patch * taps.sum(1)
         return weight, bias
 
     def embed_fused(self, x: torch.Tensor) -> torch.Tensor:
