@@ -15,7 +15,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from common.transforms.sam_input import SliceGeometry
+from common.transforms.sam_input import SliceGeometry, to_sam_layout
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class BoxPropagationInferer(Inferer):
         plans = [propagation_order(int(b[2]), int(b[5])) for b in boxes]
         cache = SliceEmbeddingCache(
             encode=network.encode,
-            prepare=lambda k: geometry.image(volume[:, :, :, k].transpose(1, 2)),
+            prepare=lambda k: geometry.image(to_sam_layout(volume[:, :, :, k])),
             uses=Counter(k for plan in plans for k in plan),
         )
         if self.output == "labels":
@@ -171,9 +171,11 @@ class BoxPropagationInferer(Inferer):
             prompt = original
             if k != mid:
                 neighbour = k - 1 if k > mid else k + 1
-                from_mask = geometry.mask_to_model_box(result[:, :, neighbour].T, self.box_margin, mask_value)
+                from_mask = geometry.mask_to_model_box(
+                    to_sam_layout(result[:, :, neighbour]), self.box_margin, mask_value
+                )
                 prompt = original if from_mask is None else from_mask
             embedding = cache.get(k)
             low_res, _ = network.decode(embedding, boxes=prompt.to(embedding.device)[None, None])
-            result[:, :, k] = geometry.logits_to_mask(low_res[0, 0]).T.cpu()
+            result[:, :, k] = to_sam_layout(geometry.logits_to_mask(low_res[0, 0])).cpu()
         return result

@@ -16,19 +16,13 @@ from typing import Any, Mapping, Sequence, cast
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_dice, compute_surface_dice
 
 from common.atomic import write_text_atomic
 from common.transforms.io import output_stem
 
 logger = logging.getLogger(__name__)
-
-
-def voxel_spacing(affine) -> list[float]:
-    """Voxel size in mm along each array axis: the column norms of the affine's 3x3 (or 2x2) block."""
-    a = np.asarray(affine, dtype=np.float64)
-    n = a.shape[0] - 1
-    return np.linalg.norm(a[:n, :n], axis=0).tolist()
 
 
 def structure_scores(
@@ -127,7 +121,8 @@ class StructureMetricsReport:
             label = item["label"]
             source = getattr(item.get("image", label), "meta", {}).get("filename_or_obj", f"case_{len(self.rows)}")
             case = output_stem(source)
-            spacing = voxel_spacing(getattr(label, "affine", np.eye(4)))
+            affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
+            spacing = affine_to_spacing(affine, r=affine.shape[0] - 1, dtype=np.float64).tolist()
             for row in self.add_case(case, item["pred"].detach().cpu(), label.detach().cpu(), spacing):
                 logger.info(
                     f"{row['case']} {row['protocol']:>11} {row['structure']:>14}: "

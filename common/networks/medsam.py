@@ -119,8 +119,8 @@ class CachedEncoderSam(Sam):
     def __init__(
         self,
         image_encoder: nn.Module,
-        prompt_encoder: nn.Module,
-        mask_decoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
         max_cached: int | None = None,
     ):
         super().__init__(image_encoder, prompt_encoder, mask_decoder)

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from typing import TypeVar, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.networks.adapters import Adapter
 from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, Sam, build_sam_vit, load_checkpoint
 from common.networks.sam.image_encoder import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
+from common.transforms.sam_input import normalise_pixels, slices_to_volume, stretch_scale, stretch_to, volume_to_slices
 
 __all__ = [
     "DEPTH_GROUPINGS",
@@ -104,9 +104,8 @@ class DepthAttention(nn.Module):
         return out.reshape(bd, h, w, c)
 
 
-#: SAM's pixel normalisation (ImageNet mean/std on 0..255), applied to the [0, 1] CT window times 255.
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+#: MSA feeds SAM's ImageNet normalisation of the [0, 1] CT window times 255 (``common.transforms.sam_input``).
+PIXEL_CONVENTION = "imagenet"
 #: Logit given to slices without any click (background, sigmoid ~ 2e-9): MSA segments the slices it is prompted on.
 NO_CLICK_LOGIT = -20.0
 #: Small sizes for tests and smoke runs (64 px slices, 8 px patches, 2 blocks): ``build_msa(**TINY_SIZES)``.
@@ -150,7 +149,8 @@ class MSAVolume(Sam):
     logits ``(B, S, X, Y, Z)``, one channel per click map (one structure each; training uses ``S = 1``).
 
     Each axial slice ``image[b, 0, :, :, k]`` becomes a SAM image (rows along y, columns along x, 3 channels),
-    resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std), and is encoded
+    resized to ``image_size`` (bilinear) and normalised as SAM expects (x 255, ImageNet mean/std): the rules of
+    :mod:`common.transforms.sam_input` (:func:`~common.transforms.sam_input.stretch_to`, ``"imagenet"``). It is encoded
     once for all ``S`` click maps; each map's clicks on that slice (:func:`clicks_from_map`) are scaled to
     ``image_size`` as SAM scales coordinates (the published code leaves them at crop scale: fixed here). The
     single-mask logits (``4 * image_size / patch``) are resized back to the slice (bilinear); slices without a click
@@ -158,14 +158,6 @@ class MSAVolume(Sam):
     must equal its ``num_slices``. The click maps travel with the image through MONAI's spatial transforms and
     sliding windows. State dict: SAM's layout plus the adapters.
     """
-
-    pixel_mean: torch.Tensor
-    pixel_std: torch.Tensor
-
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
-        super().__init__(image_encoder, prompt_encoder, mask_decoder)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     # Volumes and click maps instead of Sam's 2-D images and prompts: a different call by design.
     def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -182,17 +174,16 @@ class MSAVolume(Sam):
             )
         b, _, x, y, z = image.shape
         size = self.image_size
-        slices = image[:, 0].permute(0, 3, 2, 1).reshape(b * z, 1, y, x)  # SAM slice: rows y, columns x
-        slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
-        embeddings = self.encode((slices * 255.0 - self.pixel_mean) / self.pixel_std)
-        scale = torch.tensor([size[1] / x, size[0] / y], device=image.device)
+        slices = stretch_to(volume_to_slices(image), size).expand(-1, 3, -1, -1)  # SAM slices: rows y, columns x
+        embeddings = self.encode(normalise_pixels(slices, PIXEL_CONVENTION))
+        scale = stretch_scale((x, y), size, device=image.device)
         out = []
         for s in range(condition.shape[1]):
             coords, labels = clicks_from_map(condition[:, s : s + 1])
             low_res, _ = self.decode(embeddings, point_coords=coords * scale, point_labels=labels)
-            logits = F.interpolate(low_res, size=(y, x), mode="bilinear", align_corners=False)  # (B * Z, 1, Y, X)
+            logits = stretch_to(low_res, (y, x))  # (B * Z, 1, Y, X)
             logits = logits.masked_fill(~(labels >= 0).any(1)[:, None, None, None], NO_CLICK_LOGIT)
-            out.append(logits.reshape(b, z, y, x).permute(0, 3, 2, 1))
+            out.append(slices_to_volume(logits, b)[:, 0])
         return torch.stack(out, dim=1)
 
 

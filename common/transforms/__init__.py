@@ -10,9 +10,9 @@ the image as stored on disk:
   ``y`` along axis 1 (j), ``z`` along axis 2 (k); corners inclusive, ``x0 <= x1`` etc.
 * point ``[x, y]`` or ``[x, y, z]`` with the same axes.
 
-A 2D slice handed to a SAM network is ``image[c, :, :, k].T``: rows run along ``y`` (axis 1),
-columns along ``x`` (axis 0), so SAM's ``(x, y)`` order equals ours and no swap is needed inside
+A 2D slice handed to a SAM network is ``image[c, :, :, k].T`` (``sam_input.to_sam_layout``): rows run along
+``y`` (axis 1), columns along ``x`` (axis 0), so SAM's ``(x, y)`` order equals ours and no swap is needed inside
 the networks. Boxes and points are converted only at the boundaries: user input (file voxel
 indices, mapped through orientation changes by ``geometry.FileBoxesToArrayd``) and the network input
-scale (``sam_input.SliceGeometry``, using ``resize``).
+(``sam_input``: the one SAM input contract of axis order, pixel values, size and prompt scaling).
 """

@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import TraceKeys, convert_to_dst_type, ensure_tuple_rep
-
-from common.metrics.report import voxel_spacing
 
 __all__ = ["ScaleResampled", "scale_affine"]
 
@@ -119,7 +118,7 @@ class ScaleResampled(MapTransform, InvertibleTransform):
                 f"ScaleResampled: key {key!r}: expected a channel-first 3D MetaTensor (C, X, Y, Z) carrying its "
                 f"affine, got {type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}."
             )
-        spacing = np.asarray(voxel_spacing(image.affine), dtype=np.float64)
+        spacing = np.asarray(affine_to_spacing(image.affine, r=3, dtype=np.float64), dtype=np.float64)
         scale = spacing / self.target_spacing
         shape = list(image.shape[1:])
         if min(int(np.floor(n * s)) for n, s in zip(shape, scale)) < 1:

@@ -1,6 +1,26 @@
-"""How one 2D slice maps to a SAM network's square input and back.
+"""The SAM input contract: how images and prompts become a SAM network's input, and outputs come back.
 
-Two published conventions:
+Every transform, inferer and network of the project that feeds a SAM encoder uses these rules; ``Sam`` itself
+applies none of them (it takes images at the encoder's size, already normalised).
+
+* **Axis order.** Project arrays are ``(..., X, Y)`` (array axes as stored, see :mod:`common.transforms`); SAM takes
+  images rows-by-columns, ``(..., H = Y, W = X)``: :func:`to_sam_layout` (its own inverse). Point and box
+  coordinates keep their order: the project's ``(x, y)`` is SAM's ``(x, y)``. Volumes become axial slices with
+  :func:`volume_to_slices` and come back with :func:`slices_to_volume`.
+* **Pixel values.** The encoder input is 3 channels at ``S x S``. :data:`PIXEL_CONVENTIONS`: ``"unit"`` feeds
+  [0, 1] images as they are (MedSAM, LiteMedSAM, SAMUS, SAMIHS); ``"imagenet"`` is original SAM's
+  ``(255 x - mean) / std`` (Medical SAM Adapter): :func:`normalise_pixels`.
+* **Size.** Longest side to ``S`` and pad bottom/right, or stretch to ``S x S``: :class:`SliceGeometry` (per slice,
+  the published MedSAM rules incl. interpolation and rounding), :func:`stretch_to` (batched bilinear, MSA).
+* **Prompts.** Boxes and points scale by the same rule as the image (:meth:`SliceGeometry.box_to_model`,
+  :meth:`SliceGeometry.points_to_model`, :func:`stretch_scale`); a dense mask prompt is resized like the image to
+  the prompt encoder's ``mask_input_size`` and padded with a strongly negative logit
+  (:meth:`SliceGeometry.mask_prompt_to_model`, :func:`logit_from_probability`).
+* **Outputs.** Low-res logits are cropped to the unpadded region and resized back
+  (:meth:`SliceGeometry.logits_to_mask`, thresholded at 0 because box propagation needs binary masks; MSA resizes
+  logits back with :func:`stretch_to` and keeps them as logits).
+
+The two published MedSAM size conventions of :class:`SliceGeometry`:
 
 * LiteMedSAM (``keep_aspect_ratio=True``): resize the longest side to ``image_size`` with area
   interpolation, pad bottom/right; boxes scale as ``int(v * S / max(H, W))``; low-res logits are
@@ -15,8 +35,78 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import Transposed
 
 from common.transforms.resize import area_resize, longest_side_size, minmax_normalise
+
+__all__ = [
+    "PIXEL_CONVENTIONS",
+    "SAM_PIXEL_MEAN",
+    "SAM_PIXEL_STD",
+    "SamSliceInputd",
+    "SliceGeometry",
+    "ToSamLayoutd",
+    "logit_from_probability",
+    "normalise_pixels",
+    "slices_to_volume",
+    "stretch_scale",
+    "stretch_to",
+    "to_sam_layout",
+    "volume_to_slices",
+]
+
+#: Original SAM's pixel normalisation: ImageNet mean/std on 0..255.
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+#: How a [0, 1] image becomes the encoder input: as is ("unit"), or SAM's ImageNet normalisation ("imagenet").
+PIXEL_CONVENTIONS = ("unit", "imagenet")
+#: Logit given to the padded part of a dense mask prompt (background must be negative, not 0: addendum 4.2).
+MASK_PAD_LOGIT = -20.0
+
+
+def to_sam_layout(x: torch.Tensor) -> torch.Tensor:
+    """Project ``(..., X, Y)`` -> SAM rows-by-columns ``(..., Y, X)`` (a transpose of the last two axes; the
+    inverse is the same call)."""
+    return x.transpose(-1, -2)
+
+
+def volume_to_slices(volume: torch.Tensor) -> torch.Tensor:
+    """Axial slices in SAM layout: ``(B, C, X, Y, Z) -> (B * Z, C, Y, X)``, ordered (volume, z)."""
+    b, c, x, y, z = volume.shape
+    return volume.permute(0, 4, 1, 3, 2).reshape(b * z, c, y, x)
+
+
+def slices_to_volume(slices: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`volume_to_slices`: ``(B * Z, C, Y, X) -> (B, C, X, Y, Z)``."""
+    bz, c, y, x = slices.shape
+    return slices.reshape(batch, bz // batch, c, y, x).permute(0, 2, 4, 3, 1)
+
+
+def normalise_pixels(images: torch.Tensor, convention: str) -> torch.Tensor:
+    """``(B, 3, S, S)`` images in [0, 1] -> encoder input under ``convention`` (:data:`PIXEL_CONVENTIONS`)."""
+    if convention == "unit":
+        return images
+    if convention == "imagenet":
+        mean = images.new_tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+        std = images.new_tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
+        return (images * 255.0 - mean) / std
+    raise ValueError(f"pixel convention must be one of {PIXEL_CONVENTIONS}, got {convention!r}")
+
+
+def stretch_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``, no antialiasing) of ``(N, C, h, w)`` to ``(N, C, *size)``."""
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def stretch_scale(slice_xy: tuple[int, int], size: tuple[int, int], device=None) -> torch.Tensor:
+    """Factors ``(2,)`` that map ``(x, y)`` points of an ``X x Y`` slice to a stretched ``size = (H, W)`` input."""
+    return torch.tensor([size[1] / slice_xy[0], size[0] / slice_xy[1]], device=device)
+
+
+def logit_from_probability(prob: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """``logit(clip(p, eps, 1 - eps))`` (about +-9.2 for the default): a probability map as a dense mask prompt."""
+    return torch.logit(prob.float().clamp(eps, 1.0 - eps))
 
 
 class SliceGeometry:
@@ -65,6 +155,22 @@ class SliceGeometry:
         scale = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float64)
         return (b * self.size / scale).float()
 
+    def points_to_model(self, points_xy) -> torch.Tensor:
+        """Slice-pixel points ``(..., 2)`` ``(x, y)`` -> float points at network scale, by the box rule."""
+        p = torch.as_tensor(points_xy, dtype=torch.float64)
+        if self.keep_aspect_ratio:
+            return torch.floor(p * self.size / max(self.height, self.width)).float()
+        return (p * p.new_tensor([self.size / self.width, self.size / self.height])).float()
+
+    def mask_prompt_to_model(self, logits_hw: torch.Tensor, mask_size: int) -> torch.Tensor:
+        """A slice-grid mask prompt in logit scale ``(H, W)`` -> ``(1, mask_size, mask_size)``, the prompt
+        encoder's ``mask_input_size`` (4x the embedding): resized (bilinear) like the image to the unpadded
+        region, the padding set to :data:`MASK_PAD_LOGIT`."""
+        crop_h = round(self.new_h * mask_size / self.size)
+        crop_w = round(self.new_w * mask_size / self.size)
+        x = F.interpolate(logits_hw.float()[None, None], size=(crop_h, crop_w), mode="bilinear", align_corners=False)
+        return F.pad(x[0], (0, mask_size - crop_w, 0, mask_size - crop_h), value=MASK_PAD_LOGIT)
+
     def logits_to_mask(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """``(..., L, L)`` low-res logits -> ``(..., H, W)`` bool mask (sigmoid > 0.5)."""
         low = low_res_logits.shape[-1]
@@ -97,13 +203,23 @@ class SliceGeometry:
         return box.clamp(0, self.size)
 
 
+class ToSamLayoutd(Transposed):
+    """Dictionary transform: :func:`to_sam_layout` for channel-first 2D items, ``(C, X, Y) -> (C, Y, X)`` (MONAI's
+    ``Transposed`` with ``indices=(0, 2, 1)``).
+
+    The last step before a 2D SAM network: box prompts sampled earlier in the project's ``(x, y)`` order stay valid.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, indices=(0, 2, 1), allow_missing_keys=allow_missing_keys)
+
+
 class SamSliceInputd:
     """Dictionary transform: 2D slice image/label ``(C, X, Y)`` -> network-scale ``(3, S, S)`` / ``(1, S, S)``.
 
     Uses :class:`SliceGeometry`'s rules (image: resize, optional rounding, min-max to [0, 1], 3 channels, pad;
     label: nearest resize, pad with 0). Stays in the project's ``(x, y)`` axis order, so box prompts sampled
-    afterwards are already in SAM's ``(x, y)`` order; transpose the two spatial axes (MONAI ``Transposed`` with
-    ``indices=(0, 2, 1)``) last, to give SAM its rows-by-columns layout.
+    afterwards are already in SAM's ``(x, y)`` order; :class:`ToSamLayoutd` comes last.
 
     Args:
         image_key, label_key: keys of the slice and its label (label optional).

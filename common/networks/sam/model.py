@@ -15,9 +15,10 @@ class Sam(nn.Module):
     """Segment Anything model.
 
     Submodules are named ``image_encoder``, ``prompt_encoder`` and ``mask_decoder`` so official checkpoints
-    load with ``strict=True``. There is no pixel mean/std and no resizing/padding inside: callers feed images at
-    the encoder's size in whatever intensity convention the weights expect (MedSAM/LiteMedSAM/SAMUS/SAMIHS: [0, 1];
-    original SAM: ``(x - mean) / std`` on 0-255).
+    load with ``strict=True``. No pixel normalisation, resizing, padding or axis change happens inside: callers
+    apply the SAM input contract of :mod:`common.transforms.sam_input` (MedSAM/LiteMedSAM/SAMUS/SAMIHS: [0, 1],
+    ``"unit"``; original SAM and MSA: ``"imagenet"``) and feed images at the encoder's size. Subclasses that take
+    other inputs (``MSAVolume``: volumes and click maps) apply those rules in their ``forward`` and say so.
     """
 
     mask_threshold: float = 0.0
