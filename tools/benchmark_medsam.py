@@ -47,11 +47,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common.atomic import write_text_atomic  # noqa: E402
-from common.inferers import BoxPropagationInferer  # noqa: E402
+from common.methods.medsam import BoxPropagationInferer  # noqa: E402
+from common.methods.medsam.evaluation_boxes import structure_boxes  # noqa: E402
 from common.networks import medsam  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 from common.transforms.intensity import CTWindowd  # noqa: E402
-from common.transforms.reference_prompts import structure_boxes  # noqa: E402
 from common.transforms.sam_input import SliceGeometry  # noqa: E402
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas"}

@@ -30,7 +30,7 @@ def _crop(volume: str | None, label: str | None, label_value: int, size: int, de
     """``(1, 1, size, size, depth)`` CT in [0, 1] around the structure and its click map, one click per slice."""
     import numpy as np
 
-    from common.transforms.slice_clicks import slice_click_map
+    from common.methods.msa.slice_clicks import slice_click_map
 
     rng = np.random.RandomState(0)
     if volume is None:

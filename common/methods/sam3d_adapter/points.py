@@ -1,6 +1,6 @@
 """3DSAM-adapter point prompts: foreground voxels plus voxels drawn from the whole volume, with replacement.
 
-Unlike :class:`common.transforms.prompts.RandPointPromptd` (SAM-style positive/negative points of one label
+Unlike :class:`common.transforms.label_prompts.RandPointPromptd` (SAM-style positive/negative points of one label
 value), 3DSAM-adapter's points carry no label: its prompt encoder samples the image features at each point.
 Its "negative" points are drawn uniformly from the whole crop, foreground included (upstream issue #15).
 """

@@ -1,6 +1,6 @@
 """Sliding windows of whole slices for the Medical SAM Adapter's volume evaluation and inference.
 
-MSA is prompted by click maps (:mod:`common.transforms.slice_clicks`), one per structure. Image and click maps run
+MSA is prompted by click maps (:mod:`common.methods.msa.slice_clicks`), one per structure. Image and click maps run
 together through MONAI's sliding window over full axial slices (windows of ``num_slices`` along Z, the depth the
 network was trained with), so each window's slices are encoded once for all structures.
 """
