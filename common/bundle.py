@@ -12,6 +12,8 @@ import inspect
 import os
 from pathlib import Path
 
+from common.errors import InputNotFoundError
+
 
 def bundle_root(default: str = ".") -> str:
     """Parent of the ``configs/`` folder of the ``ConfigWorkflow`` being initialised, else ``default``."""
@@ -33,5 +35,5 @@ def require_file(path: str, what: str, hint: str = "") -> str:
     """Return ``path`` if it is a file, else raise FileNotFoundError naming it, with ``hint`` on how to get it."""
     if not os.path.isfile(path):
         message = f"{what} not found: {path}."
-        raise FileNotFoundError(f"{message} {hint}".strip())
+        raise InputNotFoundError(f"{message} {hint}".strip())
     return path

@@ -9,7 +9,7 @@ Runs, with ``ConfigWorkflow`` in this process (``common`` imported from ``--repo
 evaluation of two organs), 3DSAM-adapter and MSA with tiny networks whose weights are drawn from a fixed seed
 (ten pancreas points; two liver clicks; evaluation on the same volume). Each run reads ``configs/inference.json`` with
 ``configs/evaluate.json`` layered on top for evaluation. Recorded: the sha256 of every written label map's voxels
-(shape, dtype and bytes; not the gzip file, whose header holds a time stamp), the metrics summary, and the sha256
+(shape, dtype and bytes; not the gzip file, whose header holds a time stamp), the per-case metric rows, and the sha256
 of the generated weights (so a change in how they are drawn shows as such).
 """
 
@@ -80,13 +80,12 @@ def _run(configs: Path, files: list[str], workflow_type: str, **override) -> Non
 
 
 def _label_maps(folder: Path) -> dict[str, str]:
-    return {
-        p.name: _sha256_array(np.asarray(nib.load(str(p)).dataobj)) for p in sorted(folder.glob("**/*.nii.gz"))
-    }
+    return {p.name: _sha256_array(np.asarray(nib.load(str(p)).dataobj)) for p in sorted(folder.glob("**/*.nii.gz"))}
 
 
-def _summary(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())["summary"]
+def _metrics(folder: Path) -> list[dict]:
+    """The per-case metric rows of the evaluation report (full precision)."""
+    return json.loads((folder / "metrics.json").read_text())["rows"]
 
 
 def record(
@@ -137,7 +136,7 @@ def record(
             dataset_dir=str(layout),
             structures={str(LIVER): "liver", str(SPLEEN): "spleen"},
         )
-        result["medsam_evaluate"] = _summary(tmp / "medsam_eval")
+        result["medsam_evaluate"] = _metrics(tmp / "medsam_eval")
 
         sam3d = bundles / "3dsam_pancreas" / "configs"
         weights, digest = _tiny_weights(tmp, lambda: build_sam3d_adapter(**SAM3D_TINY), seed=0)
@@ -169,7 +168,7 @@ def record(
             num_workers=0,
             **tiny,
         )
-        result["3dsam_evaluate"] = _summary(tmp / "sam3d_eval")
+        result["3dsam_evaluate"] = _metrics(tmp / "sam3d_eval")
 
         msa = bundles / "msa" / "configs"
         weights, digest = _tiny_weights(tmp, lambda: build_msa(num_slices=16, **MSA_TINY), seed=1)
@@ -203,7 +202,7 @@ def record(
             num_workers=0,
             **tiny,
         )
-        result["msa_evaluate"] = _summary(tmp / "msa_eval")
+        result["msa_evaluate"] = _metrics(tmp / "msa_eval")
     if out is not None:
         from common.atomic import write_text_atomic
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from common.errors import InputNotFoundError, InvalidInputError
 from common.transforms.io import output_stem
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -34,16 +35,18 @@ def paired_datalist(dataset_dir: str, image_folder: str = "imagesTr", label_fold
     image_dir, label_dir = root / image_folder, root / label_folder
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"dataset folder not found: {folder} (expected {image_folder}/ and {label_folder}/"
                 f" under dataset_dir={dataset_dir})"
             )
     images, labels = _cases(image_dir), _cases(label_dir)
     missing = sorted(set(images) - set(labels))
     if missing:
-        raise ValueError(f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}: {missing[:5]}")
+        raise InvalidInputError(f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}: {missing[:5]}")
     if not images:
-        raise ValueError(f"no images found in {image_dir} (looked for {', '.join(_IMAGE_SUFFIXES)} and DICOM folders)")
+        raise InvalidInputError(
+            f"no images found in {image_dir} (looked for {', '.join(_IMAGE_SUFFIXES)} and DICOM folders)"
+        )
     return [{"image": images[k], "label": labels[k]} for k in sorted(images)]
 
 
@@ -54,8 +57,8 @@ def load_datalist(datalist_file: str, key: str = "training", base_dir: str | Non
     from monai.data import load_decathlon_datalist
 
     if not os.path.isfile(datalist_file):
-        raise FileNotFoundError(f"datalist file not found: {datalist_file}")
+        raise InputNotFoundError(f"datalist file not found: {datalist_file}")
     with open(datalist_file) as f:
         if key not in json.load(f):
-            raise ValueError(f"datalist {datalist_file} has no '{key}' list")
+            raise InvalidInputError(f"datalist {datalist_file} has no '{key}' list")
     return load_decathlon_datalist(datalist_file, data_list_key=key, base_dir=base_dir)

@@ -18,6 +18,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.errors import InvalidInputError
+
 
 def _source_name(image) -> str:
     meta = getattr(image, "meta", {}) or {}
@@ -60,37 +62,37 @@ def validate_boxes(boxes, spatial_shape: Sequence[int], source: str = "image", k
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"'{key}' for {source}: expected a list of boxes, got shape {tuple(arr.shape)}.")
+        raise InvalidInputError(f"'{key}' for {source}: expected a list of boxes, got shape {tuple(arr.shape)}.")
     width = arr.shape[1]
     is_2d_image = ndim == 2 or (ndim == 3 and spatial_shape[2] == 1)
     if width == 4 and ndim == 3:
         if not is_2d_image:
-            raise ValueError(
+            raise InvalidInputError(
                 f"'{key}' for {source}: 2D boxes [x0, y0, x1, y1] need a 2D image, but the image is a volume of shape "
                 f"{tuple(spatial_shape)}; give [x0, y0, z0, x1, y1, z1] (z0 == z1 selects one slice)."
             )
         arr = np.concatenate([arr[:, :2], np.zeros((len(arr), 1)), arr[:, 2:], np.zeros((len(arr), 1))], axis=1)
     elif width == 6 and is_2d_image:
-        raise ValueError(
+        raise InvalidInputError(
             f"'{key}' for {source}: the image is 2D (shape {tuple(spatial_shape)}) but a 3D box "
             "[x0, y0, z0, x1, y1, z1] was given; a volume is required for 3D boxes, use [x0, y0, x1, y1]."
         )
     elif width != 2 * ndim:
-        raise ValueError(
+        raise InvalidInputError(
             f"'{key}' for {source}: each box needs {2 * ndim} values for an image of shape {tuple(spatial_shape)}, "
             f"got {width}."
         )
     if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-        raise ValueError(f"'{key}' for {source}: box corners must be integer voxel indices, got {arr.tolist()}.")
+        raise InvalidInputError(f"'{key}' for {source}: box corners must be integer voxel indices, got {arr.tolist()}.")
     half = arr.shape[1] // 2
     for i, box in enumerate(arr):
         lo, hi = box[:half], box[half:]
         if np.any(lo > hi):
-            raise ValueError(
+            raise InvalidInputError(
                 f"'{key}' for {source}: box #{i} {box.astype(int).tolist()} is inverted (need x0<=x1, y0<=y1, z0<=z1)."
             )
         if np.any(lo < 0) or np.any(hi > np.asarray(spatial_shape) - 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"'{key}' for {source}: box #{i} {box.astype(int).tolist()} lies outside the image, whose voxel "
                 f"indices run from 0 to {[s - 1 for s in spatial_shape]}."
             )
@@ -137,7 +139,7 @@ class FileBoxesToArrayd(MapTransform):
         source, file_shape, current_shape, src, dst = _file_and_array_grids(d[self.ref_key])
         for key in self.key_iterator(d):
             if d[key] is None:
-                raise ValueError(f"'{key}' for {source}: no boxes were given.")
+                raise InvalidInputError(f"'{key}' for {source}: no boxes were given.")
             boxes = validate_boxes(d[key], file_shape, source=source, key=key)
             if src is not None and src.shape[0] - 1 == boxes.shape[1] // 2:
                 boxes = map_boxes(boxes, src, dst, current_shape)
@@ -146,12 +148,12 @@ class FileBoxesToArrayd(MapTransform):
                 labels = d.get(self.label_key)
                 labels = np.arange(1, len(boxes) + 1) if labels is None else np.atleast_1d(np.asarray(labels))
                 if labels.shape != (len(boxes),) or not np.all(labels == np.round(labels)) or np.any(labels < 1):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"'{self.label_key}' for {source}: need one positive integer label per box "
                         f"({len(boxes)} boxes), got {np.asarray(d.get(self.label_key)).tolist()}."
                     )
                 if np.any(labels > 255):
-                    raise ValueError(f"'{self.label_key}' for {source}: labels must be <= 255 (uint8 output).")
+                    raise InvalidInputError(f"'{self.label_key}' for {source}: labels must be <= 255 (uint8 output).")
                 d[self.label_key] = torch.as_tensor(labels.astype(np.int64))
         return d
 
@@ -179,16 +181,16 @@ def validate_points(points, spatial_shape: Sequence[int], source: str = "image",
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != ndim:
-        raise ValueError(
+        raise InvalidInputError(
             f"'{key}' for {source}: expected a list of [x, y, z] voxel indices for an image of shape "
             f"{tuple(spatial_shape)}, got shape {tuple(arr.shape)}."
         )
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"'{key}' for {source}: points must be finite, got {arr.tolist()}.")
+        raise InvalidInputError(f"'{key}' for {source}: points must be finite, got {arr.tolist()}.")
     outside = [i for i, p in enumerate(arr) if np.any(p < 0) or np.any(p > np.asarray(spatial_shape) - 1)]
     if outside:
         i = outside[0]
-        raise ValueError(
+        raise InvalidInputError(
             f"'{key}' for {source}: point #{i} {arr[i].tolist()} lies outside the image, whose voxel "
             f"indices run from 0 to {[s - 1 for s in spatial_shape]} ({len(outside)} point(s) outside)."
         )
@@ -213,7 +215,7 @@ class FilePointsToArrayd(MapTransform):
         source, file_shape, current_shape, src, dst = _file_and_array_grids(d[self.ref_key])
         for key in self.key_iterator(d):
             if d[key] is None:
-                raise ValueError(f"'{key}' for {source}: no points were given.")
+                raise InvalidInputError(f"'{key}' for {source}: no points were given.")
             points = validate_points(d[key], file_shape, source=source, key=key)
             if src is not None:
                 to_dst = np.linalg.inv(dst) @ src

@@ -8,6 +8,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from common.errors import InputNotFoundError, InvalidInputError
+
 
 class CheckInputPathsd(MapTransform):
     """Fail early if a path under ``keys`` is missing, or is neither a file nor a DICOM folder."""
@@ -19,9 +21,9 @@ class CheckInputPathsd(MapTransform):
             if not isinstance(path, (str, os.PathLike)):
                 continue
             if not os.path.exists(path):
-                raise FileNotFoundError(f"'{key}': input not found: {path}")
+                raise InputNotFoundError(f"'{key}': input not found: {path}")
             if os.path.isdir(path) and not any(os.scandir(path)):
-                raise ValueError(f"'{key}': {path} is an empty folder, expected a DICOM series")
+                raise InvalidInputError(f"'{key}': {path} is an empty folder, expected a DICOM series")
         return d
 
 
@@ -63,7 +65,7 @@ class CheckFinited(MapTransform):
             if not bad and str(source).lower().endswith((".nii", ".nii.gz")) and os.path.isfile(str(source)):
                 bad = _nifti_nonfinite_count(source)
             if bad:
-                raise ValueError(
+                raise InvalidInputError(
                     f"'{key}' from {source} has {bad} NaN/infinite voxels; fix or mask them before inference"
                 )
         return d
@@ -82,5 +84,5 @@ class RequireSpatialDimsd(MapTransform):
             shape = tuple(d[key].shape[1:])
             if len(shape) != 3 or shape[2] < self.min_slices:
                 source = getattr(d[key], "meta", {}).get("filename_or_obj", "<in-memory image>")
-                raise ValueError(f"'{key}' from {source}: a 3D volume is required, got spatial shape {shape}")
+                raise InvalidInputError(f"'{key}' from {source}: a 3D volume is required, got spatial shape {shape}")
         return d

@@ -234,7 +234,7 @@ def run_evaluate(configs: Path, dataset: Path, weights: Path, out: Path, datalis
     """evaluate.json on the test list; returns the workflow and, per case, the pred/label shapes and points."""
     wf = make_workflow(
         configs,
-        "evaluate.json",
+        ["inference.json", "evaluate.json"],
         "infer",
         output_dir=str(out),
         ckpt_path=str(weights),
@@ -280,7 +280,7 @@ def test_evaluate_automatic_variant(configs, dataset, ct3, tmp_path):
     out = tmp_path / "eval"
     wf = make_workflow(
         configs,
-        ["evaluate.json", "evaluate_auto.json"],
+        ["inference.json", "evaluate.json", "evaluate_auto.json"],
         "infer",
         output_dir=str(out),
         ckpt_path=str(weights),
@@ -318,7 +318,12 @@ def test_evaluate_label_without_target(configs, totalseg_dir, tiny_weights, ct3,
     out = tmp_path / "eval"
     expect_failure(
         lambda: make_workflow(
-            configs, "evaluate.json", "infer", output_dir=str(out), ckpt_path=str(tiny_weights), **data_override(data)
+            configs,
+            ["inference.json", "evaluate.json"],
+            "infer",
+            output_dir=str(out),
+            ckpt_path=str(tiny_weights),
+            **data_override(data),
         ),
         out,
         "RandVolumePointsd",
@@ -440,7 +445,7 @@ def test_ckpt_export_automatic_variant(configs, tmp_path):
         filepath=str(exported),
         ckpt_file=str(weights),
         meta_file=str(configs / "metadata.json"),
-        config_file=[str(configs / "evaluate.json"), str(configs / "evaluate_auto.json")],
+        config_file=[str(configs / f) for f in ("inference.json", "evaluate.json", "evaluate_auto.json")],
         network_def={"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **sizes},
         use_trace=True,
         input_shape=[1, 1, ROI, ROI, ROI],

@@ -54,7 +54,7 @@ def test_verify_net_in_out(configs):
 
 
 @pytest.mark.usefixtures("weights")
-@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+@pytest.mark.parametrize("config", ["inference.json", ["inference.json", "evaluate.json"]])
 def test_infer_properties(configs, config, tiny_eval_dataset, tmp_path):
     wf = make_workflow(configs, config, "infer", dataset_dir=str(tiny_eval_dataset), output_dir=str(tmp_path))
     wf.initialize()
@@ -238,7 +238,7 @@ def test_evaluate_tiny(configs, tiny_eval_dataset, tmp_path):
     out = tmp_path / "eval"
     wf = make_workflow(
         configs,
-        "evaluate.json",
+        ["inference.json", "evaluate.json"],
         "infer",
         dataset_dir=str(tiny_eval_dataset),
         output_dir=str(out),
@@ -338,7 +338,9 @@ def test_evaluate_empty_reference_label(configs, totalseg_dir, ct3, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(empty))
     out = tmp_path / "eval"
     expect_failure(
-        lambda: make_workflow(configs, "evaluate.json", "infer", dataset_dir=str(data), output_dir=str(out)),
+        lambda: make_workflow(
+            configs, ["inference.json", "evaluate.json"], "infer", dataset_dir=str(data), output_dir=str(out)
+        ),
         out,
         str(empty),
         "empty label",

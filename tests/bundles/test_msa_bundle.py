@@ -257,7 +257,7 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, sam_checkpoi
 def evaluate_workflow(configs: Path, dataset: Path, weights: Path, out: Path, **override):
     return make_workflow(
         configs,
-        "evaluate.json",
+        ["inference.json", "evaluate.json"],
         "infer",
         output_dir=str(out),
         ckpt_path=str(weights),

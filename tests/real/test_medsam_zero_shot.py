@@ -17,7 +17,7 @@ from monai.bundle import ConfigWorkflow
 def _evaluate(repo_root, data_dir, weights, output_dir, axcodes):
     configs = repo_root / "bundles" / "medsam" / "configs"
     workflow = ConfigWorkflow(
-        config_file=str(configs / "evaluate.json"),
+        config_file=[str(configs / "inference.json"), str(configs / "evaluate.json")],
         workflow_type="infer",
         logging_file=False,
         dataset_dir=str(data_dir),

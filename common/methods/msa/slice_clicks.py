@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
+from common.errors import InvalidInputError
+
 __all__ = ["PointsToClickMapd", "RandSliceClicksd", "SliceClicksPerStructured", "slice_click_map"]
 
 
@@ -146,14 +148,14 @@ class PointsToClickMapd(MapTransform):
         shape = tuple(image.shape[1:])
         points = torch.as_tensor(d[self.points_key], dtype=torch.float64).cpu()
         if points.ndim != 2 or points.shape[1] != len(shape) or not torch.isfinite(points).all():
-            raise ValueError(
+            raise InvalidInputError(
                 f"'{self.points_key}' for {source}: expected finite (N, {len(shape)}) voxel indices "
                 f"[x, y, z] of the image of shape {shape}, got {points.tolist()}"
             )
         labels = d.get(self.labels_key)
         labels = torch.ones(len(points)) if labels is None else torch.as_tensor(labels).cpu().reshape(-1)
         if len(labels) != len(points) or not torch.isin(labels, torch.tensor([0, 1], dtype=labels.dtype)).all():
-            raise ValueError(
+            raise InvalidInputError(
                 f"'{self.labels_key}' for {source}: expected one label per point ({len(points)} points), "
                 f"1 (positive) or 0 (negative), got {labels.tolist()}"
             )
@@ -165,7 +167,7 @@ class PointsToClickMapd(MapTransform):
             value = 1.0 if label == 1 else -1.0
             index = (0, *voxel)
             if clicks[index] == -value:
-                raise ValueError(
+                raise InvalidInputError(
                     f"'{self.points_key}' for {source}: point #{i} {points[i].tolist()} (label {label:g}) "
                     f"falls on voxel {voxel}, which already holds a click of the other sign"
                 )

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import BundleInputError, InputNotFoundError
+
 __all__ = ["SAM_VIT_B_HINT", "CheckpointError", "extract_state_dict", "load_checkpoint", "load_state_dict_file"]
 
 #: Where users get the official SAM ViT-B weights (methods that start from SAM).
@@ -27,7 +29,7 @@ _WRAPPER_KEYS = ("model", "state_dict")
 _MAX_LISTED = 8
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BundleInputError, RuntimeError):
     """A checkpoint could not be read as a state dict, or does not fit the model."""
 
 
@@ -69,7 +71,7 @@ def load_state_dict_file(
     path = Path(path)
     if not path.is_file():
         message = f"checkpoint file not found: {path}"
-        raise FileNotFoundError(f"{message}. {hint}" if hint else message)
+        raise InputNotFoundError(f"{message}. {hint}" if hint else message)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
