@@ -13,8 +13,9 @@ handlers, gets instead:
 * for any other error, the usual traceback, followed by the root cause as the last line.
 
 Set ``SAM_BUNDLES_TRACEBACK=1`` to get the full tracebacks and logs back. Nothing changes when a workflow runs
-inside another program (tests, MONAI Label): only an uncaught exception at the top of the interpreter is
-reformatted, and records are hidden only while an input error is being handled.
+inside another program (tests, MONAI Label, a notebook): :func:`readable_errors` acts only in a
+``python -m monai.bundle`` process, where it reformats the uncaught exception at the top of the interpreter and
+hides log records only while an input error is being handled.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "full_tracebacks",
     "input_error",
     "readable_errors",
+    "readable_errors_installed",
 ]
 
 #: Environment variable that brings the full tracebacks back (any value but "", "0", "false", "no").
@@ -111,13 +113,25 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType
         print(f"error: {_one_line(root)}", file=sys.stderr)
 
 
+def _run_by_bundle_cli() -> bool:
+    """Whether this interpreter is ``python -m monai.bundle`` (also under ``torchrun -m monai.bundle``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name in ("monai.bundle", "monai.bundle.__main__")
+
+
+def readable_errors_installed() -> bool:
+    """Whether :func:`readable_errors` installed its exception hook in this process."""
+    return sys.excepthook is _excepthook
+
+
 def readable_errors() -> bool:
     """Report uncaught errors as the module docstring says (first item of a config's ``initialize``).
 
-    Installs the interpreter's exception hook and a filter on every logging handler that exists now; a no-op with
+    Only in ``python -m monai.bundle`` processes: installs the interpreter's exception hook and a filter on every
+    logging handler that exists now. A no-op inside other programs (tests, MONAI Label, notebooks) and with
     ``SAM_BUNDLES_TRACEBACK`` set. Returns whether it installed anything.
     """
-    if full_tracebacks():
+    if full_tracebacks() or not _run_by_bundle_cli():
         return False
     sys.excepthook = _excepthook
     filter_every_handler()

@@ -5,12 +5,17 @@
 
 The zip holds one top-level folder ``<name>/`` (as ``monai.bundle.download`` expects) with the bundle's files
 and, vendored beside ``configs/``, the modules of ``common`` its configs import (the import closure, found
-from the configs' ``common.*`` references and the modules' own imports). Run from inside the unpacked folder,
-``python -m monai.bundle run --config_file configs/inference.json`` then imports ``common`` from there. The
-packaged ``metadata.json`` replaces the dependency on this project's package by the third-party packages the
-vendored code imports, at the versions installed here. Weights listed in ``large_files.yml`` are left out
-(``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs; any other
-file over 25 MB is an error.
+from the configs' ``common.*`` references and the modules' own imports) as a package of the bundle's own,
+``sam_bundles_<name>`` (:func:`vendored_package`): every ``common.`` reference in the vendored code and the
+configs is rewritten to it, so several packaged bundles load in one interpreter (MONAI Label's stock app, a
+notebook) without one bundle's copy of ``common`` shadowing another's. Run from inside the unpacked folder,
+``python -m monai.bundle run --config_file configs/inference.json`` then imports the package from there. The
+model-zoo style unit tests ``tests/model_zoo/test_<name>.py`` go in as ``ci/unit_tests/test_<name>.py`` (copy
+them into model-zoo's ``ci/unit_tests/``). The packaged ``metadata.json`` replaces the dependency on this
+project's package by the third-party packages the vendored code imports, at the versions installed here
+(``tools/check_pins.py`` checks that they install on Python 3.10-3.12). Weights listed in ``large_files.yml`` are
+left out (``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs;
+any other file over 25 MB is an error.
 The archive is deterministic: sorted entries, fixed timestamps and permissions.
 """
 
@@ -75,6 +80,20 @@ def _imports(file: Path, module: str) -> set[str]:
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
+
+
+#: ``common`` as a dotted name of its own (not ``.common``, ``foo_common`` or prose such as "in common.")
+_COMMON_NAME = re.compile(r"(?<![\w.])common(?=\.[A-Za-z_]|\s+import\b|$)", re.MULTILINE)
+
+
+def vendored_package(name: str) -> str:
+    """The package name the bundle ``name``'s copy of ``common`` gets inside its zip (an identifier)."""
+    return "sam_bundles_" + re.sub(r"\W", "_", name)
+
+
+def rewrite_common(text: str, package: str) -> str:
+    """``text`` (Python source or a config) with every reference to the package ``common`` renamed ``package``."""
+    return _COMMON_NAME.sub(package, text)
 
 
 def config_modules_in(text: str) -> set[str]:
@@ -151,9 +170,16 @@ def bundle_entries(bundle: Path) -> dict[str, bytes]:
                 f"{file} is over 25 MB: list it in {bundle / 'large_files.yml'} (url + sha256) instead of packing it"
             )
         entries[f"{name}/{relative}"] = file.read_bytes()
+    package = vendored_package(name)
+    for arcname in [a for a in entries if a.startswith(f"{name}/configs/") and a.endswith(".json")]:
+        entries[arcname] = rewrite_common(entries[arcname].decode(), package).encode()
     files, third_party = import_closure(config_modules(bundle))
     for file in files:
-        entries[f"{name}/{file.relative_to(REPO).as_posix()}"] = file.read_bytes()
+        inside = Path(package, *file.relative_to(REPO / "common").parts).as_posix()
+        entries[f"{name}/{inside}"] = rewrite_common(file.read_text(), package).encode()
+    model_zoo_test = REPO / "tests" / "model_zoo" / f"test_{name}.py"
+    if model_zoo_test.is_file():
+        entries[f"{name}/ci/unit_tests/{model_zoo_test.name}"] = model_zoo_test.read_bytes()
     entries[f"{name}/configs/metadata.json"] = packaged_metadata(bundle, third_party).encode()
     return entries
 

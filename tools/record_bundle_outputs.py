@@ -9,7 +9,8 @@ Runs, with ``ConfigWorkflow`` in this process (``common`` imported from ``--repo
 evaluation of two organs), 3DSAM-adapter and MSA with tiny networks whose weights are drawn from a fixed seed
 (ten pancreas points; two liver clicks; evaluation on the same volume). Each run reads ``configs/inference.json`` with
 ``configs/evaluate.json`` layered on top for evaluation. Recorded: the sha256 of every written label map's voxels
-(shape, dtype and bytes; not the gzip file, whose header holds a time stamp), the per-case metric rows, and the sha256
+(shape, dtype and bytes; not the gzip file, whose header holds a time stamp), the same hash of every evaluated
+prediction after postprocessing, the per-case metric rows, and the sha256
 of the generated weights (so a change in how they are drawn shows as such).
 """
 
@@ -66,26 +67,36 @@ def _tiny_weights(folder: Path, build, seed: int) -> tuple[Path, str]:
     return path, _sha256_state(state)
 
 
-def _run(configs: Path, files: list[str], workflow_type: str, **override) -> None:
+def _run(configs: Path, files: list[str], workflow_type: str, **override) -> list[str]:
+    """Run the workflow; returns the sha256 of every item's ``pred`` after postprocessing, in order."""
+    from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
         config_file=[str(configs / f) for f in files], workflow_type=workflow_type, logging_file=False, **override
     )
     wf.initialize()
+    preds: list[str] = []
+
+    def record(engine) -> None:
+        for item in engine.state.output:
+            preds.append(_sha256_array(item["pred"].detach().cpu().numpy()))
+
+    wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)
     try:
         wf.run()
     finally:
         wf.finalize()
+    return preds
 
 
 def _label_maps(folder: Path) -> dict[str, str]:
     return {p.name: _sha256_array(np.asarray(nib.load(str(p)).dataobj)) for p in sorted(folder.glob("**/*.nii.gz"))}
 
 
-def _metrics(folder: Path) -> list[dict]:
-    """The per-case metric rows of the evaluation report (full precision)."""
-    return json.loads((folder / "metrics.json").read_text())["rows"]
+def _evaluation(folder: Path, preds: list[str]) -> dict:
+    """The per-case metric rows of the evaluation report and the hashes of the evaluated predictions."""
+    return {"rows": json.loads((folder / "metrics.json").read_text())["rows"], "preds": preds}
 
 
 def record(
@@ -127,7 +138,7 @@ def record(
             input_dict={"image": str(ct), "boxes": boxes, "box_labels": [LIVER, KIDNEY_RIGHT]},
         )
         result["medsam_inference"] = _label_maps(tmp / "medsam_infer")
-        _run(
+        preds = _run(
             medsam,
             ["inference.json", "evaluate.json"],
             "infer",
@@ -136,7 +147,7 @@ def record(
             dataset_dir=str(layout),
             structures={str(LIVER): "liver", str(SPLEEN): "spleen"},
         )
-        result["medsam_evaluate"] = _metrics(tmp / "medsam_eval")
+        result["medsam_evaluate"] = _evaluation(tmp / "medsam_eval", preds)
 
         sam3d = bundles / "3dsam_pancreas" / "configs"
         weights, digest = _tiny_weights(tmp, lambda: build_sam3d_adapter(**SAM3D_TINY), seed=0)
@@ -156,7 +167,7 @@ def record(
         )
         result["3dsam_weights"] = digest
         result["3dsam_inference"] = _label_maps(tmp / "sam3d_infer")
-        _run(
+        preds = _run(
             sam3d,
             ["inference.json", "evaluate.json"],
             "infer",
@@ -168,7 +179,7 @@ def record(
             num_workers=0,
             **tiny,
         )
-        result["3dsam_evaluate"] = _metrics(tmp / "sam3d_eval")
+        result["3dsam_evaluate"] = _evaluation(tmp / "sam3d_eval", preds)
 
         msa = bundles / "msa" / "configs"
         weights, digest = _tiny_weights(tmp, lambda: build_msa(num_slices=16, **MSA_TINY), seed=1)
@@ -189,7 +200,7 @@ def record(
         )
         result["msa_weights"] = digest
         result["msa_inference"] = _label_maps(tmp / "msa_infer")
-        _run(
+        preds = _run(
             msa,
             ["inference.json", "evaluate.json"],
             "infer",
@@ -202,7 +213,7 @@ def record(
             num_workers=0,
             **tiny,
         )
-        result["msa_evaluate"] = _metrics(tmp / "msa_eval")
+        result["msa_evaluate"] = _evaluation(tmp / "msa_eval", preds)
     if out is not None:
         from common.atomic import write_text_atomic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ignite.engine import Engine, Events
 
-from common.errors import filter_every_handler, full_tracebacks
+from common.errors import filter_every_handler, readable_errors_installed
 
 __all__ = ["InputErrorHandler"]
 
@@ -20,7 +20,7 @@ class InputErrorHandler:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
 
     def started(self, engine: Engine) -> None:
-        if not full_tracebacks():
+        if readable_errors_installed():
             filter_every_handler()
 
     def exception_raised(self, engine: Engine, exc: Exception) -> None:

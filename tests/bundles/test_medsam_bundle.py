@@ -44,13 +44,14 @@ def tiny_eval_dataset(tmp_path_factory, ct3):
 def test_verify_net_in_out(configs):
     meta = json.loads((configs / "metadata.json").read_text())["network_data_format"]
     assert meta["inputs"]["image"]["spatial_shape"] == [256, 256] and meta["outputs"]["pred"]["num_channels"] == 1
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        device="cpu",
-        extra_forward_args={"boxes": torch.tensor([[[32.0, 40.0, 180.0, 200.0]]])},
-    )
+    for prompts in ({"boxes": torch.tensor([[[32.0, 40.0, 180.0, 200.0]]])}, {}):  # boxes are optional
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(configs / "metadata.json"),
+            config_file=str(configs / "inference.json"),
+            device="cpu",
+            extra_forward_args=prompts,
+        )
 
 
 @pytest.mark.usefixtures("weights")

@@ -53,6 +53,7 @@ def prepared(totalseg_dir):
     )
 
 
+@pytest.mark.slow
 def test_full_size_forward_on_the_pancreas(prepared):
     image, points, prompt = prepared["image"], prepared["points"], prepared["prompt_label"]
     assert tuple(image.shape[1:]) == (366, 303, 90)  # 3 mm -> 1 mm: floor(n * 3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
@@ -23,6 +24,7 @@ SIZES = {**TINY_SIZES, "roi_size": 32, "window": 4, "sam_grid": 16}
 AUGMENTATIONS = (0, 3, 4, 9, 10, 11, 12)  # indexes in train#crop_transforms: shift, rotate, zoom, 3 flips, rot90
 
 
+@pytest.mark.slow
 def test_small_training_loss_falls_and_pancreas_dice_rises(repo_root, totalseg_dir, tmp_path):
     for folder in ("imagesTr", "labelsTr"):
         (tmp_path / folder).mkdir()

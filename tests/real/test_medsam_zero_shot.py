@@ -13,6 +13,8 @@ import re
 import pytest
 from monai.bundle import ConfigWorkflow
 
+pytestmark = pytest.mark.slow  # LiteMedSAM zero-shot evaluation of every organ of both real volumes
+
 
 def _evaluate(repo_root, data_dir, weights, output_dir, axcodes):
     configs = repo_root / "bundles" / "medsam" / "configs"

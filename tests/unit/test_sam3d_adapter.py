@@ -274,6 +274,7 @@ def test_init_from_sam_checkpoint_layout():
         init_from_sam(tiny(sam_window=4), state)
 
 
+@pytest.mark.slow
 def test_init_from_full_size_sam_vit_b(tmp_path):
     ref = sam_ref.ImageEncoderViT(
         depth=12,

@@ -168,6 +168,7 @@ def test_attention_goes_through_sdpa(monkeypatch):
     assert len(calls) == 2 * 3 + 1 and all(c is None for c in calls)
 
 
+@pytest.mark.slow
 def test_vit_b_1024_matches_reference():
     """Published ViT-B geometry at 1024 px (window 14 padded 64->70, 127-row global rel-pos), one image."""
     torch.manual_seed(0)
