@@ -19,17 +19,10 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from common.errors import error_chain
+
 
 # ----------------------------------------------------------------------------------------------------------- errors
-def error_chain(exc: BaseException | None) -> list[BaseException]:
-    """``exc`` and every exception it wraps (MONAI re-raises config and transform errors as RuntimeError)."""
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not seen for seen in chain):
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain
-
-
 def error_text(exc: BaseException) -> str:
     """Every exception of the chain as ``Type: message``, one per line."""
     return "\n".join(f"{type(e).__name__}: {e}" for e in error_chain(exc))

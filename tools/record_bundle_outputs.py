@@ -90,6 +90,18 @@ def _run(configs: Path, files: list[str], workflow_type: str, **override) -> lis
     return preds
 
 
+def _infer_and_evaluate(
+    configs: Path, out: Path, network: dict, inference: dict, evaluation: dict
+) -> tuple[dict[str, str], dict]:
+    """``inference.json`` then ``inference.json`` + ``evaluate.json``, both with the ``network`` overrides; returns
+    the written label maps' hashes and the evaluation record."""
+    _run(configs, ["inference.json"], "infer", output_dir=str(out / "infer"), **network, **inference)
+    preds = _run(
+        configs, ["inference.json", "evaluate.json"], "infer", output_dir=str(out / "eval"), **network, **evaluation
+    )
+    return _label_maps(out / "infer"), _evaluation(out / "eval", preds)
+
+
 def _label_maps(folder: Path) -> dict[str, str]:
     return {p.name: _sha256_array(np.asarray(nib.load(str(p)).dataobj)) for p in sorted(folder.glob("**/*.nii.gz"))}
 
@@ -126,94 +138,50 @@ def record(
         (layout / "labelsTs" / "ct_abdomen_3mm.nii.gz").symlink_to(Path(data) / "ct_abdomen_3mm_labels.nii.gz")
         case = {"image": "imagesTs/ct_abdomen_3mm.nii.gz", "label": "labelsTs/ct_abdomen_3mm.nii.gz"}
         (layout / "datalist.json").write_text(json.dumps({"test": [case], "validation": [case]}))
+        datalist = {"dataset_dir": str(layout), "datalist_file": str(layout / "datalist.json"), "num_workers": 0}
 
-        medsam = bundles / "medsam" / "configs"
-        boxes = [_box(label, LIVER), _box(label, KIDNEY_RIGHT)]
-        _run(
-            medsam,
-            ["inference.json"],
-            "infer",
-            ckpt_path=medsam_weights,
-            output_dir=str(tmp / "medsam_infer"),
-            input_dict={"image": str(ct), "boxes": boxes, "box_labels": [LIVER, KIDNEY_RIGHT]},
+        result["medsam_inference"], result["medsam_evaluate"] = _infer_and_evaluate(
+            bundles / "medsam" / "configs",
+            tmp / "medsam",
+            {"ckpt_path": medsam_weights},
+            {
+                "input_dict": {
+                    "image": str(ct),
+                    "boxes": [_box(label, LIVER), _box(label, KIDNEY_RIGHT)],
+                    "box_labels": [LIVER, KIDNEY_RIGHT],
+                }
+            },
+            {"dataset_dir": str(layout), "structures": {str(LIVER): "liver", str(SPLEEN): "spleen"}},
         )
-        result["medsam_inference"] = _label_maps(tmp / "medsam_infer")
-        preds = _run(
-            medsam,
-            ["inference.json", "evaluate.json"],
-            "infer",
-            ckpt_path=medsam_weights,
-            output_dir=str(tmp / "medsam_eval"),
-            dataset_dir=str(layout),
-            structures={str(LIVER): "liver", str(SPLEEN): "spleen"},
-        )
-        result["medsam_evaluate"] = _evaluation(tmp / "medsam_eval", preds)
 
-        sam3d = bundles / "3dsam_pancreas" / "configs"
-        weights, digest = _tiny_weights(tmp, lambda: build_sam3d_adapter(**SAM3D_TINY), seed=0)
-        tiny = {
-            "ckpt_path": str(weights),
-            "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
-            "roi_size": SAM3D_TINY["roi_size"],
-        }
-        _run(
-            sam3d,
-            ["inference.json"],
-            "infer",
-            output_dir=str(tmp / "sam3d_infer"),
-            input_dict={"image": str(ct), "points": _points(label, PANCREAS, 10)},
-            output_label=PANCREAS,
-            **tiny,
+        weights, result["3dsam_weights"] = _tiny_weights(tmp, lambda: build_sam3d_adapter(**SAM3D_TINY), seed=0)
+        result["3dsam_inference"], result["3dsam_evaluate"] = _infer_and_evaluate(
+            bundles / "3dsam_pancreas" / "configs",
+            tmp / "sam3d",
+            {
+                "ckpt_path": str(weights),
+                "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
+                "roi_size": SAM3D_TINY["roi_size"],
+            },
+            {"input_dict": {"image": str(ct), "points": _points(label, PANCREAS, 10)}, "output_label": PANCREAS},
+            {**datalist, "target_labels": [PANCREAS], "target_name": "pancreas"},
         )
-        result["3dsam_weights"] = digest
-        result["3dsam_inference"] = _label_maps(tmp / "sam3d_infer")
-        preds = _run(
-            sam3d,
-            ["inference.json", "evaluate.json"],
-            "infer",
-            output_dir=str(tmp / "sam3d_eval"),
-            dataset_dir=str(layout),
-            datalist_file=str(layout / "datalist.json"),
-            target_labels=[PANCREAS],
-            target_name="pancreas",
-            num_workers=0,
-            **tiny,
-        )
-        result["3dsam_evaluate"] = _evaluation(tmp / "sam3d_eval", preds)
 
-        msa = bundles / "msa" / "configs"
-        weights, digest = _tiny_weights(tmp, lambda: build_msa(num_slices=16, **MSA_TINY), seed=1)
-        tiny = {
-            "ckpt_path": str(weights),
-            "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": "@num_slices", **MSA_TINY},
-            "roi_size": 16,
-        }
-        clicks = _points(label, LIVER, 2)
-        _run(
-            msa,
-            ["inference.json"],
-            "infer",
-            output_dir=str(tmp / "msa_infer"),
-            input_dict={"image": str(ct), "points": clicks, "point_labels": [1, 1]},
-            output_label=LIVER,
-            **tiny,
+        weights, result["msa_weights"] = _tiny_weights(tmp, lambda: build_msa(num_slices=16, **MSA_TINY), seed=1)
+        result["msa_inference"], result["msa_evaluate"] = _infer_and_evaluate(
+            bundles / "msa" / "configs",
+            tmp / "msa",
+            {
+                "ckpt_path": str(weights),
+                "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": "@num_slices", **MSA_TINY},
+                "roi_size": 16,
+            },
+            {
+                "input_dict": {"image": str(ct), "points": _points(label, LIVER, 2), "point_labels": [1, 1]},
+                "output_label": LIVER,
+            },
+            {**datalist, "datalist_key": "test", "structures": [LIVER, SPLEEN], "structure_names": ["liver", "spleen"]},
         )
-        result["msa_weights"] = digest
-        result["msa_inference"] = _label_maps(tmp / "msa_infer")
-        preds = _run(
-            msa,
-            ["inference.json", "evaluate.json"],
-            "infer",
-            output_dir=str(tmp / "msa_eval"),
-            dataset_dir=str(layout),
-            datalist_file=str(layout / "datalist.json"),
-            datalist_key="test",
-            structures=[LIVER, SPLEEN],
-            structure_names=["liver", "spleen"],
-            num_workers=0,
-            **tiny,
-        )
-        result["msa_evaluate"] = _evaluation(tmp / "msa_eval", preds)
     if out is not None:
         from common.atomic import write_text_atomic
 

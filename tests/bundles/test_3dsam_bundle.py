@@ -200,7 +200,7 @@ def test_train_missing_sam_checkpoint(configs, dataset, tmp_path):
             **data_override(dataset),
         ),
         ckpt_dir,
-        "FileNotFoundError",
+        "InputNotFoundError",  # a FileNotFoundError
         str(missing),
         "SAM ViT-B checkpoint not found",
         "github.com/facebookresearch/segment-anything",

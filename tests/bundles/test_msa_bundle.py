@@ -198,7 +198,7 @@ def test_train_missing_sam_checkpoint(configs, dataset, tmp_path):
     expect_failure(
         lambda: train_workflow(configs, dataset, tmp_path, sam_checkpoint=str(missing)),
         tmp_path / "ckpt",
-        "FileNotFoundError",
+        "InputNotFoundError",  # a FileNotFoundError
         str(missing),
         "SAM ViT-B checkpoint not found",
         "Download SAM ViT-B",

@@ -57,11 +57,18 @@ def test_zip_layout_and_determinism(repo_root, zips, name, tmp_path):
         configs = {n: z.read(n).decode() for n in names if n.startswith(f"{name}/configs/") and n.endswith(".json")}
     assert all(n.startswith(f"{name}/") for n in names)
     assert {f"{name}/LICENSE", f"{name}/configs/inference.json", f"{name}/docs/README.md"} <= set(names)
+    assert {f"{name}/docs/data_license.txt", f"{name}/ci/unit_tests/test_{name}.py"} <= set(names)
     assert not any(n.startswith(f"{name}/models/") for n in names), "weights are fetched via large_files.yml"
-    # every common.* module a config names is vendored (as a module file or a package)
+    package = package_bundle.vendored_package(name)
+    assert f"{name}/{package}/__init__.py" in names and not any(n.startswith(f"{name}/common/") for n in names)
+    with zipfile.ZipFile(archive) as z:
+        code = {n: z.read(n).decode() for n in names if n.startswith(f"{name}/{package}/") and n.endswith(".py")}
+    # every reference to the library, in configs and vendored code, names the bundle's own package
+    for text in [*configs.values(), *code.values()]:
+        assert not package_bundle.config_modules_in(text), sorted(package_bundle.config_modules_in(text))[:5]
     for text in configs.values():
-        for reference in package_bundle.config_modules_in(text):
-            parts = reference.split(".")
+        for reference in package_bundle.config_modules_in(text.replace(package, "common")):
+            parts = reference.replace("common", package, 1).split(".")
             assert any(
                 f"{name}/{'/'.join(parts[:d])}.py" in names or f"{name}/{'/'.join(parts[:d])}/__init__.py" in names
                 for d in range(2, len(parts) + 1)
@@ -158,8 +165,9 @@ def test_medsam_download_and_run_in_a_fresh_venv(repo_root, zips, fresh_venv, li
     fresh_venv.run(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], tmp_path)
     assert (bundle / "models" / "model.pt").read_bytes() == published.read_bytes()
 
-    where = fresh_venv.run(["-c", "import common; print(common.__file__)"], bundle)
-    assert str(bundle / "common" / "__init__.py") in where
+    package = package_bundle.vendored_package("medsam")
+    where = fresh_venv.run(["-c", f"import {package}; print({package}.__file__)"], bundle)
+    assert str(bundle / package / "__init__.py") in where
     fresh_venv.run(
         ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out"], bundle
     )
@@ -176,6 +184,14 @@ def assert_same_image(a: Path, b: Path) -> None:
     assert a.name == b.name
     np.testing.assert_array_equal(np.asarray(image_a.dataobj), np.asarray(image_b.dataobj))
     np.testing.assert_allclose(image_a.affine, image_b.affine)
+
+
+def vendored(network_def: dict, name: str) -> dict:
+    """``network_def`` with its ``_target_`` in the bundle's vendored package (as the zip's configs name it)."""
+    return {
+        **network_def,
+        "_target_": package_bundle.rewrite_common(network_def["_target_"], package_bundle.vendored_package(name)),
+    }
 
 
 TINY_RUNS = {
@@ -208,7 +224,8 @@ def test_tiny_point_bundle_runs_in_a_fresh_venv(repo_root, zips, fresh_venv, ct3
     overrides = {"network_def": network_def, **sizes, "ckpt_path": str(weights), "input_dict": input_dict}
 
     bundle = fresh_venv.download(zips[name], tmp_path / "downloaded")
-    cli = [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
+    packaged = {**overrides, "network_def": vendored(network_def, name)}
+    cli = [f"--{key}={json.dumps(value)}" for key, value in packaged.items()]
     fresh_venv.run(
         ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out", *cli], bundle
     )
@@ -216,3 +233,61 @@ def test_tiny_point_bundle_runs_in_a_fresh_venv(repo_root, zips, fresh_venv, ct3
     run_inference(repo_root / "bundles" / name / "configs", tmp_path / "ours", **overrides)
     (ours,) = list((tmp_path / "ours").glob("*_seg.nii.gz"))
     assert_same_image(theirs, ours)
+
+
+ONE_PROCESS_SCRIPT = """
+import json, sys
+from monai.bundle import ConfigWorkflow
+
+for run in json.loads(sys.argv[1]):
+    sys.path.insert(0, run["bundle"])
+    wf = ConfigWorkflow(config_file=run["bundle"] + "/configs/inference.json", workflow_type="infer",
+                        logging_file=False, output_dir=run["out"], **run["overrides"])
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    package = sys.modules[run["package"]]
+    print(run["package"], "from", package.__file__)
+"""
+
+
+def test_three_packaged_bundles_in_one_process(zips, fresh_venv, ct3, totalseg_dir, litemedsam_weights, tmp_path):
+    """MedSAM, then 3DSAM-adapter, then MSA, unpacked and run one after the other in one interpreter (as MONAI
+    Label's stock app or a notebook loads bundles): each imports its own vendored package and writes its output."""
+    _, label = ct3
+    image = str(totalseg_dir / "ct_abdomen_3mm.nii.gz")
+    liver = np.argwhere(label == 5)
+    runs = []
+    for name in BUNDLES:
+        bundle = fresh_venv.download(zips[name], tmp_path / "downloaded")
+        if name == "medsam":
+            box = [int(v) for v in liver.min(0)] + [int(v) for v in liver.max(0)]
+            overrides = {
+                "ckpt_path": str(litemedsam_weights),
+                "input_dict": {"image": image, "boxes": [box], "box_labels": [5]},
+            }
+        else:
+            network_def, sizes, build, keys = TINY_RUNS[name]
+            torch.manual_seed(0)
+            weights = save_weights(tmp_path, build().state_dict(), f"{name}.pt")
+            input_dict = {"image": image, "points": [liver[len(liver) // 2].tolist()], "point_labels": [1]}
+            input_dict = {k: v for k, v in input_dict.items() if k == "image" or k in keys}
+            overrides = {
+                "network_def": vendored(network_def, name),
+                **sizes,
+                "ckpt_path": str(weights),
+                "input_dict": input_dict,
+            }
+        runs.append(
+            {
+                "bundle": str(bundle),
+                "package": package_bundle.vendored_package(name),
+                "out": str(tmp_path / f"out_{name}"),
+                "overrides": overrides,
+            }
+        )
+    output = fresh_venv.run(["-c", ONE_PROCESS_SCRIPT, json.dumps(runs)], tmp_path)
+    for run in runs:
+        assert f"{run['package']} from {run['bundle']}/{run['package']}/__init__.py" in output
+        (written,) = list(Path(run["out"]).glob("*_seg.nii.gz"))
+        assert nib.load(str(written)).shape == label.shape

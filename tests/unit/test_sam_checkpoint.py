@@ -6,6 +6,7 @@ from functools import partial
 
 import pytest
 import torch
+from sam_reference import DECODER
 from torch import nn
 
 from common.networks.sam import CheckpointError, ImageEncoderViT, build_sam_vit, load_checkpoint, load_state_dict_file
@@ -14,14 +15,7 @@ sam_ref = pytest.importorskip("segment_anything.modeling")  # tests/conftest.py 
 
 SIZE = 64
 ENC = dict(embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,))
-DEC = dict(
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_depth=2,
-    decoder_num_heads=2,
-    decoder_mlp_dim=48,
-    iou_head_hidden_dim=24,
-)
+DEC = DECODER
 
 
 def ours(**enc):
