@@ -48,8 +48,8 @@ def test_small_training_loss_falls_and_pancreas_dice_rises(repo_root, totalseg_d
         "num_workers": 0,
         "cache_rate": 1.0,
         "train#crop_transforms#7#neg": 0,
-        "train#handlers#2#exec_at_start": True,
-        "train#handlers#3#iteration_log": False,
+        "train#handlers#3#exec_at_start": True,  # ValidationHandler
+        "train#handlers#4#iteration_log": False,  # StatsHandler
         **{f"train#crop_transforms#{i}#prob": 0.0 for i in AUGMENTATIONS},
     }
     wf = ConfigWorkflow(
