@@ -22,7 +22,7 @@ from monai.networks.blocks.attention_utils import get_rel_pos
 from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
-from .slots import AdapterSlots, call_slot_module
+from .slots import AdapterSlots, call_slot_module, check_place, place_module
 
 __all__ = [
     "ADAPTER_SLOTS",
@@ -367,20 +367,11 @@ class ImageEncoderViT(nn.Module):
 
     def set_hook(self, name: str, module: nn.Module | None) -> None:
         """Place ``module`` at the encoder hook ``name`` (:data:`ENCODER_HOOKS`), or remove it with ``None``."""
-        if name not in ENCODER_HOOKS:
-            raise KeyError(f"unknown encoder hook {name!r}; expected one of {list(ENCODER_HOOKS)}")
-        if module is None:
-            if name in self.hooks:
-                del self.hooks[name]
-            return
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"encoder hook {name!r} must be an nn.Module, got {type(module).__name__}")
-        self.hooks[name] = module
+        place_module(self.hooks, ENCODER_HOOKS, "encoder hook", name, module)
 
     def get_hook(self, name: str) -> nn.Module | None:
         """The module at hook ``name``, or ``None``."""
-        if name not in ENCODER_HOOKS:
-            raise KeyError(f"unknown encoder hook {name!r}; expected one of {list(ENCODER_HOOKS)}")
+        check_place(ENCODER_HOOKS, "encoder hook", name)
         return self.hooks[name] if name in self.hooks else None
 
     def _hook(self, name: str, x: torch.Tensor, context: dict[str, Any]) -> torch.Tensor:

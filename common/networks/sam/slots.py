@@ -12,13 +12,13 @@ adapter); modules may read and write it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["AdapterSlots", "ContextTap", "call_slot_module"]
+__all__ = ["AdapterSlots", "ContextTap", "call_slot_module", "check_place", "place_module"]
 
 
 def call_slot_module(module: nn.Module, x: torch.Tensor, context: dict[str, Any] | None) -> torch.Tensor:
@@ -28,6 +28,26 @@ def call_slot_module(module: nn.Module, x: torch.Tensor, context: dict[str, Any]
             raise ValueError(f"{type(module).__name__} needs the forward context, but none was passed")
         return module(x, context)
     return module(x)
+
+
+def check_place(names: Collection[str], what: str, name: str) -> None:
+    """KeyError unless ``name`` is one of ``names`` (``what``: e.g. "adapter slot", "encoder hook")."""
+    if name not in names:
+        raise KeyError(f"unknown {what} {name!r}; expected one of {sorted(names)}")
+
+
+def place_module(
+    modules: nn.ModuleDict, names: Collection[str], what: str, name: str, module: nn.Module | None
+) -> None:
+    """``modules[name] = module`` for one of the allowed ``names``, or remove the entry with ``None``."""
+    check_place(names, what, name)
+    if module is None:
+        if name in modules:
+            del modules[name]
+        return
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{what} {name!r} takes an nn.Module, got {type(module).__name__}")
+    modules[name] = module
 
 
 class AdapterSlots(nn.Module):
@@ -40,33 +60,25 @@ class AdapterSlots(nn.Module):
         self.adapters = nn.ModuleDict()
         self.adapter_scales: dict[str, float] = {}
 
-    def _check_slot(self, slot: str) -> None:
-        if slot not in self.SLOTS:
-            raise KeyError(f"unknown adapter slot {slot!r}; expected one of {sorted(self.SLOTS)}")
-
     def set_adapter(self, slot: str, module: nn.Module | None, scale: float = 1.0) -> None:
         """Place ``module`` in ``slot``, or empty the slot with ``None``.
 
         ``scale`` multiplies the output of a parallel slot; serial slots take no scale (must be 1.0).
         """
-        self._check_slot(slot)
-        if module is None:
-            if slot in self.adapters:
-                del self.adapters[slot]
-            self.adapter_scales.pop(slot, None)
-            return
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"adapter for slot {slot!r} must be an nn.Module, got {type(module).__name__}")
-        if self.SLOTS[slot] == "serial" and scale != 1.0:
+        check_place(self.SLOTS, "adapter slot", slot)
+        if module is not None and self.SLOTS[slot] == "serial" and scale != 1.0:
             raise ValueError(
                 f"slot {slot!r} is serial and takes no scale (got {scale}); build the scale into the module"
             )
-        self.adapters[slot] = module
-        self.adapter_scales[slot] = float(scale)
+        place_module(self.adapters, self.SLOTS, "adapter slot", slot, module)
+        if module is None:
+            self.adapter_scales.pop(slot, None)
+        else:
+            self.adapter_scales[slot] = float(scale)
 
     def get_adapter(self, slot: str) -> nn.Module | None:
         """The module in ``slot``, or ``None``."""
-        self._check_slot(slot)
+        check_place(self.SLOTS, "adapter slot", slot)
         return self.adapters[slot] if slot in self.adapters else None
 
     def _serial(self, slot: str, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor:
