@@ -10,9 +10,9 @@ from the configs' ``common.*`` references and the modules' own imports) as a pac
 configs is rewritten to it, so several packaged bundles load in one interpreter (MONAI Label's stock app, a
 notebook) without one bundle's copy of ``common`` shadowing another's. Run from inside the unpacked folder,
 ``python -m monai.bundle run --config_file configs/inference.json`` then imports the package from there. The
-model-zoo style unit tests ``tests/model_zoo/test_<name>.py`` go in as ``ci/unit_tests/test_<name>.py`` (copy
-them into model-zoo's ``ci/unit_tests/``). The packaged ``metadata.json`` replaces the dependency on this
-project's package by the third-party packages the vendored code imports, at the versions installed here
+model-zoo style unit tests ``tests/model_zoo/test_<name>.py`` go in as ``ci/unit_tests/test_<name>.py``, with their
+shared ``sam_bundles_zoo.py`` beside them (copy both into model-zoo's ``ci/unit_tests/``). The packaged
+``metadata.json`` replaces the dependency on this project's package by the third-party packages the vendored code imports, at the versions installed here
 (``tools/check_pins.py`` checks that they install on Python 3.10-3.12). Weights listed in ``large_files.yml`` are
 left out (``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs;
 any other file over 25 MB is an error.
@@ -177,9 +177,10 @@ def bundle_entries(bundle: Path) -> dict[str, bytes]:
     for file in files:
         inside = Path(package, *file.relative_to(REPO / "common").parts).as_posix()
         entries[f"{name}/{inside}"] = rewrite_common(file.read_text(), package).encode()
-    model_zoo_test = REPO / "tests" / "model_zoo" / f"test_{name}.py"
-    if model_zoo_test.is_file():
-        entries[f"{name}/ci/unit_tests/{model_zoo_test.name}"] = model_zoo_test.read_bytes()
+    model_zoo = REPO / "tests" / "model_zoo"
+    if (model_zoo / f"test_{name}.py").is_file():
+        for test_file in (model_zoo / f"test_{name}.py", model_zoo / "sam_bundles_zoo.py"):
+            entries[f"{name}/ci/unit_tests/{test_file.name}"] = test_file.read_bytes()
     entries[f"{name}/configs/metadata.json"] = packaged_metadata(bundle, third_party).encode()
     return entries
 

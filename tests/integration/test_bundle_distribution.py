@@ -58,6 +58,7 @@ def test_zip_layout_and_determinism(repo_root, zips, name, tmp_path):
     assert all(n.startswith(f"{name}/") for n in names)
     assert {f"{name}/LICENSE", f"{name}/configs/inference.json", f"{name}/docs/README.md"} <= set(names)
     assert {f"{name}/docs/data_license.txt", f"{name}/ci/unit_tests/test_{name}.py"} <= set(names)
+    assert f"{name}/ci/unit_tests/sam_bundles_zoo.py" in names
     assert not any(n.startswith(f"{name}/models/") for n in names), "weights are fetched via large_files.yml"
     package = package_bundle.vendored_package(name)
     assert f"{name}/{package}/__init__.py" in names and not any(n.startswith(f"{name}/common/") for n in names)

@@ -22,37 +22,19 @@ import csv
 import json
 import math
 import os
-import shutil
-import sys
-import tempfile
 import unittest
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
+from sam_bundles_zoo import BundleTestCase, bundle_root
 
 BUNDLE = "medsam"
 
 
-def find_bundle_root(name: str) -> Path:
-    """``$BUNDLE_ROOT``; else ``models/<name>`` (model-zoo root as cwd); else the bundle holding this file as
-    ``ci/unit_tests/test_<name>.py``; else ``bundles/<name>`` of the repository two levels above this file."""
-    if os.environ.get("BUNDLE_ROOT"):
-        return Path(os.environ["BUNDLE_ROOT"]).resolve()
-    if os.path.isdir(os.path.join("models", name)):
-        return Path("models", name).resolve()
-    above = Path(__file__).resolve().parents[2]
-    if (above / "configs").is_dir():
-        return above
-    return above / "bundles" / name
-
-
-BUNDLE_ROOT = find_bundle_root(BUNDLE)
+BUNDLE_ROOT = bundle_root(BUNDLE)
 CONFIGS = BUNDLE_ROOT / "configs"
-if str(BUNDLE_ROOT) not in sys.path:  # a packaged bundle's vendored library sits beside configs/
-    sys.path.append(str(BUNDLE_ROOT))
 WEIGHTS = Path(os.environ.get("MEDSAM_WEIGHTS") or BUNDLE_ROOT / "models" / "model.pt")
 HAVE_WEIGHTS = WEIGHTS.is_file()
 NO_WEIGHTS = f"LiteMedSAM weights not found at {WEIGHTS} (set MEDSAM_WEIGHTS or download the bundle's large files)"
@@ -92,9 +74,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-class TestMedSAMBundle(unittest.TestCase):
+class TestMedSAMBundle(BundleTestCase):
+    CONFIGS = CONFIGS
+    OVERRIDES = TINY
+
     def setUp(self):
-        self.tmp = Path(tempfile.mkdtemp())
+        super().setUp()
         self.dataset_dir = self.tmp / "medsam"
         self.labels = {}
         cases = (("imagesTr", "labelsTr", "case_000"), ("imagesTr", "labelsTr", "case_001"))
@@ -102,27 +87,6 @@ class TestMedSAMBundle(unittest.TestCase):
             _, self.labels[case] = write_case(
                 self.dataset_dir / images / f"{case}.nii.gz", self.dataset_dir / labels / f"{case}.nii.gz", seed
             )
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def workflow(self, config_file, workflow_type: str, **override) -> ConfigWorkflow:
-        files = [config_file] if isinstance(config_file, str) else config_file
-        return ConfigWorkflow(
-            config_file=[str(CONFIGS / f) for f in files],
-            workflow_type=workflow_type,
-            logging_file=str(CONFIGS / "logging.conf"),
-            meta_file=str(CONFIGS / "metadata.json"),
-            **{**TINY, **override},
-        )
-
-    def check_and_run(self, wf: ConfigWorkflow) -> None:
-        wf.initialize()
-        self.assertIn(wf.check_properties(), (None, []))
-        try:
-            wf.run()
-        finally:
-            wf.finalize()
 
     def test_train(self):
         """One epoch, one slice of the first case; the last case (of two) validates, one slice per organ."""

@@ -17,38 +17,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
-import sys
-import tempfile
 import unittest
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
+from sam_bundles_zoo import BundleTestCase, bundle_root
 
 BUNDLE = "msa"
 
 
-def find_bundle_root(name: str) -> Path:
-    """``$BUNDLE_ROOT``; else ``models/<name>`` (model-zoo root as cwd); else the bundle holding this file as
-    ``ci/unit_tests/test_<name>.py``; else ``bundles/<name>`` of the repository two levels above this file."""
-    if os.environ.get("BUNDLE_ROOT"):
-        return Path(os.environ["BUNDLE_ROOT"]).resolve()
-    if os.path.isdir(os.path.join("models", name)):
-        return Path("models", name).resolve()
-    above = Path(__file__).resolve().parents[2]
-    if (above / "configs").is_dir():
-        return above
-    return above / "bundles" / name
-
-
-BUNDLE_ROOT = find_bundle_root(BUNDLE)
+BUNDLE_ROOT = bundle_root(BUNDLE)
 CONFIGS = BUNDLE_ROOT / "configs"
-if str(BUNDLE_ROOT) not in sys.path:  # a packaged bundle's vendored library sits beside configs/
-    sys.path.append(str(BUNDLE_ROOT))
 
 SHAPE = (48, 48, 12)
 SPACING = 3.0
@@ -94,9 +75,12 @@ def write_case(image_path: Path, label_path: Path, seed: int) -> tuple[np.ndarra
     return image, label
 
 
-class TestMSABundle(unittest.TestCase):
+class TestMSABundle(BundleTestCase):
+    CONFIGS = CONFIGS
+    OVERRIDES = TINY
+
     def setUp(self):
-        self.tmp = Path(tempfile.mkdtemp())
+        super().setUp()
         self.dataset_dir = self.tmp / "BTCV"
         self.labels = {}
         for seed, case in enumerate(("img0001", "img0002")):
@@ -110,32 +94,6 @@ class TestMSABundle(unittest.TestCase):
         # the configs' default datalist_file: <dataset_dir>/dataset_0.json
         datalist = {"training": entries("img0001"), "validation": entries("img0002")}
         (self.dataset_dir / "dataset_0.json").write_text(json.dumps(datalist, indent=4))
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def workflow(self, config_file, workflow_type: str, **override) -> ConfigWorkflow:
-        files = [config_file] if isinstance(config_file, str) else config_file
-        return ConfigWorkflow(
-            config_file=[str(CONFIGS / f) for f in files],
-            workflow_type=workflow_type,
-            logging_file=str(CONFIGS / "logging.conf"),
-            meta_file=str(CONFIGS / "metadata.json"),
-            **{**TINY, **override},
-        )
-
-    def check_and_run(self, wf: ConfigWorkflow) -> None:
-        wf.initialize()
-        self.assertIn(wf.check_properties(), (None, []))
-        try:
-            wf.run()
-        finally:
-            wf.finalize()
-
-    def save_random_weights(self, wf: ConfigWorkflow, path: Path) -> None:
-        """The workflow's own (tiny) network, freshly built and seeded, saved as a plain state dict."""
-        torch.manual_seed(0)
-        torch.save(wf.parser.get_parsed_content("network_def").state_dict(), str(path))
 
     def test_train(self):
         ckpt_dir = self.tmp / "models"
