@@ -33,6 +33,8 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 def bundle_pins(bundle: str) -> dict[str, str]:
     """``{distribution: version}`` of everything the packaged metadata of ``bundle`` pins."""
     bundle_dir = Path(bundle).resolve()
+    if not (bundle_dir / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"not a bundle (no configs/metadata.json): {bundle_dir}")
     _, third_party = package_bundle.import_closure(package_bundle.config_modules(bundle_dir))
     meta = json.loads(package_bundle.packaged_metadata(bundle_dir, third_party))
     pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}

@@ -12,10 +12,10 @@ notebook) without one bundle's copy of ``common`` shadowing another's. Run from 
 ``python -m monai.bundle run --config_file configs/inference.json`` then imports the package from there. The
 model-zoo style unit tests ``tests/model_zoo/test_<name>.py`` go in as ``ci/unit_tests/test_<name>.py``, with their
 shared ``sam_bundles_zoo.py`` beside them (copy both into model-zoo's ``ci/unit_tests/``). The packaged
-``metadata.json`` replaces the dependency on this project's package by the third-party packages the vendored code imports, at the versions installed here
-(``tools/check_pins.py`` checks that they install on Python 3.10-3.12). Weights listed in ``large_files.yml`` are
-left out (``python -m monai.bundle download_large_files --bundle_path <name>`` fetches them), as are run outputs;
-any other file over 25 MB is an error.
+``metadata.json`` replaces the dependency on this project's package by the third-party packages the vendored code
+imports, at the versions installed here (``tools/check_pins.py`` checks that they install on Python 3.10-3.12).
+Weights listed in ``large_files.yml`` are left out (``python -m monai.bundle download_large_files --bundle_path
+<name>`` fetches them), as are run outputs; any other file over 25 MB is an error.
 The archive is deterministic: sorted entries, fixed timestamps and permissions.
 """
 

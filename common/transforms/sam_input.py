@@ -166,6 +166,10 @@ class SliceGeometry:
         """A slice-grid mask prompt in logit scale ``(H, W)`` -> ``(1, mask_size, mask_size)``, the prompt
         encoder's ``mask_input_size`` (4x the embedding): resized (bilinear) like the image to the unpadded
         region, the padding set to :data:`MASK_PAD_LOGIT`."""
+        if tuple(logits_hw.shape) != (self.height, self.width):
+            raise ValueError(
+                f"mask prompt must be the slice's (H, W) = ({self.height}, {self.width}), got {tuple(logits_hw.shape)}"
+            )
         crop_h = round(self.new_h * mask_size / self.size)
         crop_w = round(self.new_w * mask_size / self.size)
         x = F.interpolate(logits_hw.float()[None, None], size=(crop_h, crop_w), mode="bilinear", align_corners=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import check_pins  # noqa: E402
 import package_bundle  # noqa: E402
@@ -54,3 +56,8 @@ def test_conflicting_pins_are_reported():
     ]
     assert len(check_pins.conflicts(pins, requires, "3.12")) == 2  # the marker now applies
     assert check_pins.conflicts(pins, {"monai": ["numpy>=1.24,<3", "torch>=2.4"]}, "3.11") == []
+
+
+def test_check_pins_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        check_pins.bundle_pins(str(tmp_path))

@@ -79,5 +79,7 @@ def test_dense_mask_prompt_resized_like_the_image_and_padded_negative():
     torch.testing.assert_close(m[0, :, :crop_w], expected)
     stretched = SliceGeometry(100, 60, 256, keep_aspect_ratio=False).mask_prompt_to_model(logits, 64)
     assert (stretched > MASK_PAD_LOGIT).all()  # no padding when stretching
+    with pytest.raises(ValueError, match="mask prompt must be the slice's"):
+        g.mask_prompt_to_model(logits.T, mask_size=64)
     p = torch.tensor([0.0, 0.5, 1.0])
     torch.testing.assert_close(logit_from_probability(p), torch.tensor([-9.2102, 0.0, 9.2102]), atol=1e-3, rtol=0)
