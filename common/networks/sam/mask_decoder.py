@@ -68,6 +68,11 @@ class MaskDecoder(nn.Module):
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sel], iou_pred[:, sel]
 
+    def output_tokens(self) -> torch.Tensor:
+        """The learned output tokens ``(1 + num_mask_tokens, D)``: IoU token, then the mask tokens (subclasses may
+        append their own, e.g. HQ-SAM's HQ token)."""
+        return torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+
     def prepare_inputs(
         self,
         image_embeddings: torch.Tensor,
@@ -84,21 +89,23 @@ class MaskDecoder(nn.Module):
         ):
             if t.shape[0] not in (1, b):
                 raise ValueError(f"{name} has batch {t.shape[0]}; expected 1 or the prompt batch {b}")
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = self.output_tokens()
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings
         src = src.expand(b, -1, -1, -1) if src.shape[0] != b else src
         pos = image_pe.expand(b, -1, -1, -1) if image_pe.shape[0] != b else image_pe
         return tokens, src, pos
 
-    def masks_from_tokens(
-        self, hs: torch.Tensor, src: torch.Tensor, hw: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask logits ``(B, num_mask_tokens, 4h, 4w)`` and IoU ``(B, num_mask_tokens)`` from transformer outputs."""
+    def upscale(self, src: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Image tokens after the transformer ``(B, h*w, D)`` -> upscaled features ``(B, D/8, 4h, 4w)``."""
         b, _, c = src.shape
+        return self.output_upscaling(src.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
+
+    def masks_from_tokens(self, hs: torch.Tensor, upscaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits ``(B, num_mask_tokens, 4h, 4w)`` and IoU ``(B, num_mask_tokens)`` from the transformer's
+        output tokens ``hs (B, N, D)`` and the upscaled features ``(B, D/8, 4h, 4w)``."""
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
@@ -118,4 +125,4 @@ class MaskDecoder(nn.Module):
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
         hs, src_out = self.transformer(src, pos, tokens)
-        return self.masks_from_tokens(hs, src_out, (src.shape[2], src.shape[3]))
+        return self.masks_from_tokens(hs, self.upscale(src_out, (src.shape[2], src.shape[3])))

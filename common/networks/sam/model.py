@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -47,6 +50,7 @@ class Sam(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
         multimask_output: bool = False,
+        decoder_inputs: Mapping[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for prompts on precomputed embeddings.
 
@@ -58,6 +62,7 @@ class Sam(nn.Module):
                 low-res logits; background must be negative, not 0): replaces ``no_mask_embed`` through
                 ``mask_downscaling``. May be the only prompt.
             multimask_output: return the 3 ambiguity masks instead of the single-mask token.
+            decoder_inputs: further keyword inputs of the mask decoder (e.g. HQ-SAM's early encoder features).
 
         Returns:
             ``low_res_logits (B, M, 4He, 4We)`` and ``iou_predictions (B, M)``, ``M`` = 1 or 3. Without any prompt
@@ -82,6 +87,7 @@ class Sam(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            **(decoder_inputs or {}),
         )
 
     def forward(
