@@ -21,7 +21,7 @@ from monai.transforms import MapTransform
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-_KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".tif", ".tiff")
+_KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def output_stem(source) -> str:
@@ -33,11 +33,30 @@ def output_stem(source) -> str:
     return name
 
 
+def _write_png(array_xy: np.ndarray, path: str, scale: int | str) -> None:
+    """A 2-D ``(X, Y)`` label array as an 8-bit grey PNG (rows along y), values times ``scale`` (``"auto"``: 255
+    for a binary map, as BUSI's masks, else 1)."""
+    from PIL import Image
+
+    if array_xy.ndim != 2:
+        raise ValueError(f"PNG output needs a 2-D array, got shape {array_xy.shape}")
+    if scale == "auto":
+        scale = 255 if array_xy.max(initial=0) <= 1 else 1
+    values = np.rint(array_xy.astype(np.float64) * int(scale))
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"PNG output holds 0..255; the values times {scale} span {values.min()}..{values.max()}")
+    Image.fromarray(values.astype(np.uint8).T.copy(), mode="L").save(path, format="PNG")
+
+
 class AtomicSaveImaged(MapTransform):
-    """Write ``keys`` as ``<output_dir>/<image stem>_<postfix><ext>`` (NIfTI) with the tensor's affine.
+    """Write ``keys`` as ``<output_dir>/<image stem>_<postfix><ext>`` with the tensor's affine.
 
     The array is channel-first ``(1, X, Y[, Z])`` with meta (``filename_or_obj``, ``affine``), e.g. after
-    ``Invertd`` restored the input geometry. Sets ``meta["saved_to"]`` to the written path.
+    ``Invertd`` restored the input geometry; ``meta_key`` takes the meta from another item instead (its
+    ``original_affine`` when present: the input's grid). ``output_ext``: ``".nii.gz"``/``".nii"`` (NIfTI),
+    ``".png"`` (2-D, 8-bit grey, rows along y; values times ``png_scale``, default ``"auto"``: binary maps as 0/255), or
+    ``"auto"``: PNG for raster inputs (``meta["source_format"] == "raster"``), NIfTI otherwise. Sets
+    ``meta["saved_to"]`` to the written path.
     """
 
     def __init__(
@@ -48,29 +67,37 @@ class AtomicSaveImaged(MapTransform):
         output_ext: str = ".nii.gz",
         output_dtype=np.uint8,
         allow_missing_keys: bool = False,
+        meta_key: str | None = None,
+        png_scale: int | str = "auto",
     ):
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.output_postfix, self.output_ext = output_dir, output_postfix, output_ext
-        self.output_dtype = output_dtype
+        self.output_dtype, self.meta_key, self.png_scale = output_dtype, meta_key, png_scale
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+            source = d[self.meta_key] if self.meta_key else img
+            meta = dict(source.meta) if isinstance(source, MetaTensor) else {}
             stem = output_stem(meta.get("filename_or_obj", key))
+            ext = self.output_ext
+            if ext == "auto":
+                ext = ".png" if meta.get("source_format") == "raster" else ".nii.gz"
             os.makedirs(self.output_dir, exist_ok=True)
-            final = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}{self.output_ext}")
-            array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0].astype(self.output_dtype)
-            affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
-            if affine.shape != (4, 4):  # a 2D image has a 3 x 3 affine; NIfTI needs 4 x 4
-                affine = to_affine_nd(3, affine)
-            nifti = nib.Nifti1Image(array, affine)
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=self.output_ext, dir=self.output_dir)
+            final = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}{ext}")
+            array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0]
+            affine = np.asarray(meta.get("original_affine" if self.meta_key else "affine", np.eye(4)), np.float64)
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=ext, dir=self.output_dir)
             os.close(fd)
             os.chmod(tmp, 0o666 & ~_UMASK)
             try:
-                nib.save(nifti, tmp)
+                if ext == ".png":
+                    _write_png(array, tmp, self.png_scale)
+                else:
+                    if affine.shape != (4, 4):  # a 2D image has a 3 x 3 affine; NIfTI needs 4 x 4
+                        affine = to_affine_nd(3, affine)
+                    nib.save(nib.Nifti1Image(array.astype(self.output_dtype), affine), tmp)
                 os.replace(tmp, final)
             except BaseException:
                 if os.path.exists(tmp):

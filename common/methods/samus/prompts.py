@@ -1,0 +1,167 @@
+"""SAMUS's prompts: clicks and boxes sampled from a label for training/evaluation, and user prompts for inference.
+
+Coordinates are ``(x, y)`` pixel indices of the item's current frame (after :class:`~common.methods.samus.frames.
+ResizeFramed`: the 256 px model frame), SAM's order. Upstream rules (spec 1.10):
+
+* training (``mode="random"``): one uniformly random foreground pixel, label 1; when the class is absent, a random
+  background pixel with label 0. Box: the tight box with upstream's ``random_bbox`` jitter (width/height x
+  U(0.95, 1.05), centre +-5 % of the size), which upstream computes and never feeds.
+* evaluation (``mode="fixed"``): the middle element of the foreground pixels in raster order (rows, then columns:
+  ``np.argwhere`` on the row-major image), label 1; the tight box.
+
+Which prompts reach the network is the config's ``prompt`` choice (:data:`PROMPTS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+
+from common.errors import InvalidInputError
+from common.transforms.geometry import validate_boxes, validate_points
+
+__all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "prompt_keys"]
+
+#: ``"click"``: one click (published); ``"box"``: the box alone; ``"click_and_box"``: both.
+PROMPTS = ("click", "box", "click_and_box")
+
+
+def prompt_keys(prompt: str) -> dict[str, str]:
+    """The network's keyword inputs for a ``prompt`` choice, as ``PrepareBatchExtraInput`` ``extra_keys``."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    keys: dict[str, str] = {}
+    if prompt != "box":
+        keys.update(point_coords="point_coords", point_labels="point_labels")
+    if prompt != "click":
+        keys["boxes"] = "boxes"
+    return keys
+
+
+class LabelPromptsd(Randomizable, MapTransform):
+    """From a binary ``label`` ``(1, X, Y)``: ``point_coords (1, 2)`` float, ``point_labels (1,)`` int64 and
+    ``boxes (4,)`` float ``[x0, y0, x1, y1]`` (rules in the module docstring). ``mode``: ``"random"`` or ``"fixed"``.
+    A box needs a foreground: items without one get the whole frame as box (``empty_box="frame"``) or an error."""
+
+    def __init__(self, label_key: str = "label", mode: str = "random", empty_box: str = "frame") -> None:
+        MapTransform.__init__(self, [label_key])
+        if mode not in ("random", "fixed"):
+            raise ValueError(f"mode must be 'random' or 'fixed', got {mode!r}")
+        if empty_box not in ("frame", "error"):
+            raise ValueError(f"empty_box must be 'frame' or 'error', got {empty_box!r}")
+        self.label_key, self.mode, self.empty_box = label_key, mode, empty_box
+
+    def _click(self, fg_yx: np.ndarray, bg_yx: np.ndarray) -> tuple[list[float], int]:
+        pixels, label = (fg_yx, 1) if len(fg_yx) else (bg_yx, 0)
+        i = self.R.randint(len(pixels)) if self.mode == "random" else len(pixels) // 2
+        y, x = pixels[i]
+        return [float(x), float(y)], label
+
+    def _box(self, fg_yx: np.ndarray, shape_xy: Sequence[int]) -> list[float]:
+        if not len(fg_yx):
+            if self.empty_box == "error":
+                raise InvalidInputError(f"'{self.label_key}': a box prompt needs a foreground, the mask is empty")
+            return [0.0, 0.0, float(shape_xy[0] - 1), float(shape_xy[1] - 1)]
+        (y0, x0), (y1, x1) = fg_yx.min(0), fg_yx.max(0)
+        if self.mode == "fixed":
+            return [float(x0), float(y0), float(x1), float(y1)]
+        w, h = (x1 - x0) * self.R.uniform(0.95, 1.05), (y1 - y0) * self.R.uniform(0.95, 1.05)
+        cx = (x0 + x1) / 2 + (x1 - x0) * self.R.uniform(-0.05, 0.05)
+        cy = (y0 + y1) / 2 + (y1 - y0) * self.R.uniform(-0.05, 0.05)
+        box = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        return np.clip(box, 0, [shape_xy[0] - 1, shape_xy[1] - 1] * 2).tolist()
+
+    def __call__(self, data):
+        d = dict(data)
+        label = np.asarray(d[self.label_key])[0] > 0  # (X, Y)
+        rows = label.T  # (Y, X): raster order is rows first
+        fg, bg = np.argwhere(rows), np.argwhere(~rows)
+        click, click_label = self._click(fg, bg)
+        d["point_coords"] = torch.tensor([click], dtype=torch.float32)
+        d["point_labels"] = torch.tensor([click_label], dtype=torch.int64)
+        d["boxes"] = torch.tensor(self._box(fg, label.shape), dtype=torch.float32)
+        return d
+
+
+class UserPromptsd(MapTransform):
+    """User prompts in pixel indices ``(x, y)`` of the file as a viewer shows it -> one prompt per object.
+
+    Inputs (each optional, at least one of points and boxes): ``points`` ``[[x, y], ...]``, ``point_labels``
+    (1 positive, 0 negative; default all 1), ``point_classes`` (output label per click; default 1), ``boxes``
+    ``[[x0, y0, x1, y1], ...]`` (inclusive), ``box_labels`` (output label per box; default 1). Each box is one
+    object; clicks join the box of their class when exactly one box has it, otherwise the clicks of one class form
+    one object. So one prompt per class gives one binary mask per class, and the inferer makes the label map.
+
+    Writes, scaled to the ``size`` px model frame (square stretch, as the image): ``obj_points (K, P, 2)`` with
+    ``obj_point_labels (K, P)`` (-1 pads), ``obj_boxes (K, 4)`` with ``obj_has_box (K,)``, ``obj_labels (K,)``, and
+    ``out_size`` ``(H, W)`` of the file (the inferer's output size); the raw prompt keys are removed.
+    ``ref_key``: the loaded image, whose ``meta["spatial_shape"]`` is the file's ``(X, Y)``.
+    """
+
+    def __init__(self, ref_key: str = "image", size: int = 256) -> None:
+        super().__init__([ref_key])
+        self.ref_key, self.size = ref_key, int(size)
+
+    @staticmethod
+    def _values(d, key: str, n: int, default: int) -> list[int]:
+        values = d.get(key)
+        values = [default] * n if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
+        if len(values) != n:
+            raise InvalidInputError(f"'{key}': {len(values)} value(s) for {n} prompt(s)")
+        return values
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d[self.ref_key]
+        meta = getattr(image, "meta", {})
+        source = str(meta.get("filename_or_obj", self.ref_key))
+        shape_xy = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:]))]
+        points = d.get("points")
+        boxes = d.get("boxes")
+        if points is None and boxes is None:
+            raise InvalidInputError(f"{source}: no prompt; give 'points' ([[x, y], ...]) and/or 'boxes'")
+        pts = np.zeros((0, 2)) if points is None else validate_points(points, shape_xy, source, "points")
+        bxs = np.zeros((0, 4)) if boxes is None else validate_boxes(boxes, shape_xy, source, "boxes").astype(float)
+        p_labels = self._values(d, "point_labels", len(pts), 1)
+        if any(v not in (0, 1) for v in p_labels):
+            raise InvalidInputError(f"'point_labels' must be 1 (positive) or 0 (negative), got {p_labels}")
+        p_classes = self._values(d, "point_classes", len(pts), 1)
+        b_labels = self._values(d, "box_labels", len(bxs), 1)
+        if any(v < 1 or v > 255 for v in p_classes + b_labels):
+            raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(p_classes + b_labels))}")
+        objects: list[tuple[int, list[int], int | None]] = [(lab, [], i) for i, lab in enumerate(b_labels)]
+        for i, cls in enumerate(p_classes):
+            owners = [o for o in objects if o[0] == cls and o[2] is not None]
+            clicks_only = [o for o in objects if o[0] == cls and o[2] is None]
+            target = owners[0] if len(owners) == 1 else (clicks_only[0] if clicks_only else None)
+            if target is None:
+                target = (cls, [], None)
+                objects.append(target)
+            target[1].append(i)
+        scale = np.array([self.size / shape_xy[0], self.size / shape_xy[1]])
+        n_obj, n_pts = len(objects), max([1] + [len(o[1]) for o in objects])
+        obj_points = torch.zeros(n_obj, n_pts, 2)
+        obj_point_labels = torch.full((n_obj, n_pts), -1, dtype=torch.int64)
+        obj_boxes = torch.zeros(n_obj, 4)
+        obj_has_box = torch.zeros(n_obj, dtype=torch.bool)
+        for k, (_, clicks, box) in enumerate(objects):
+            for j, i in enumerate(clicks):
+                obj_points[k, j] = torch.as_tensor(pts[i] * scale)
+                obj_point_labels[k, j] = p_labels[i]
+            if box is not None:
+                obj_boxes[k] = torch.as_tensor(bxs[box] * np.tile(scale, 2))
+                obj_has_box[k] = True
+        d.update(
+            obj_points=obj_points,
+            obj_point_labels=obj_point_labels,
+            obj_boxes=obj_boxes,
+            obj_has_box=obj_has_box,
+            obj_labels=torch.tensor([o[0] for o in objects], dtype=torch.int64),
+            out_size=torch.tensor([shape_xy[1], shape_xy[0]]),
+        )
+        for key in ("points", "point_labels", "point_classes", "boxes", "box_labels"):
+            d.pop(key, None)  # consumed: the raw lists would not collate
+        return d
