@@ -133,18 +133,18 @@ def samus_list_datalist(root: str, split: str = "train", subset: str | None = No
 def split_datalist(
     items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
 ) -> dict[str, list[dict]]:
-    """Seeded split into ``training`` / ``validation`` / ``testing``, stratified by ``group`` (each group is
+    """Seeded split into ``training`` / ``validation`` / ``test``, stratified by ``group`` (each group is
     shuffled with ``numpy.random.default_rng(seed)`` and cut by ``fractions``, rounded down; the rest goes to
-    testing). Every item lands in exactly one list."""
+    test). Every item lands in exactly one list."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise InvalidInputError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     rng = np.random.default_rng(seed)
-    out: dict[str, list[dict]] = {"training": [], "validation": [], "testing": []}
+    out: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     for group in sorted({str(i.get("group", "")) for i in items}):
         members = [i for i in items if str(i.get("group", "")) == group]
         order = rng.permutation(len(members))
         n_train, n_val = int(fractions[0] * len(members)), int(fractions[1] * len(members))
         for rank, idx in enumerate(order):
-            key = "training" if rank < n_train else "validation" if rank < n_train + n_val else "testing"
+            key = "training" if rank < n_train else "validation" if rank < n_train + n_val else "test"
             out[key].append(members[idx])
     return out

@@ -300,6 +300,7 @@ def build_samus(
     hq_token_only: bool = False,
     hq_schedule: str = "joint",
     use_boxes: bool = True,
+    train_mask_decoder: bool = False,
     preset: str = "vit_b",
     device: str | torch.device | None = None,
     **overrides,
@@ -309,7 +310,9 @@ def build_samus(
     ``patch_kernel`` / ``patch_stride``: the overlapped patch embedding (token grid ``image_size / patch_stride``);
     ``pos_embed_grid``: side of SAM's position table (64 for a 1024 px checkpoint); ``cnn_channels``: CNN branch
     widths before ``embed_dim`` (one 2x down each). ``hq_token_only`` / ``hq_schedule``: see :class:`HQMaskDecoder`
-    and :data:`HQ_SCHEDULES`. ``use_boxes``: see :class:`Samus`. ``overrides``: any :func:`build_sam_vit` size
+    and :data:`HQ_SCHEDULES`. ``use_boxes``: see :class:`Samus`. ``train_mask_decoder``: also train SAM's mask
+    decoder (not published: SAMUS freezes it; HQ-SAM's authors suggest it for task-specific fine-tuning, and a
+    decoder without SAM's weights must train). ``overrides``: any :func:`build_sam_vit` size
     (tests build tiny models: :data:`TINY_SIZES`). ``device="meta"`` builds without memory (parameter counts).
     """
     if hq_schedule not in HQ_SCHEDULES:
@@ -337,7 +340,7 @@ def build_samus(
             )
         cls = HQSamus if hq else Samus
         model = cls(enc, sam.prompt_encoder, decoder, use_boxes=use_boxes)
-    return set_trainable(model, hq_schedule)
+    return set_trainable(model, hq_schedule, train_mask_decoder)
 
 
 SamusT = TypeVar("SamusT", bound=Samus)
@@ -355,13 +358,15 @@ def _is_global_rel_pos(name: str, global_blocks: Sequence[int]) -> bool:
     return any(name.startswith(f"image_encoder.blocks.{i}.attn.rel_pos_") for i in global_blocks)
 
 
-def set_trainable(model: SamusT, hq_schedule: str = "joint") -> SamusT:
+def set_trainable(model: SamusT, hq_schedule: str = "joint", train_mask_decoder: bool = False) -> SamusT:
     """Published trainable set: SAMUS's new modules and the global blocks' rel-pos tables (global blocks from
-    ``global_attn_indexes``, not name matching), plus the HQ modules; ``hq_schedule="hq_only"``: HQ modules only."""
+    ``global_attn_indexes``, not name matching), plus the HQ modules; ``hq_schedule="hq_only"``: HQ modules only.
+    ``train_mask_decoder`` adds the whole mask decoder (see :func:`build_samus`)."""
     blocks = cast(ImageEncoderViT, model.image_encoder).global_attn_indexes
     for name, p in model.named_parameters():
         samus = _is_new_samus_key(name) or _is_global_rel_pos(name, blocks)
-        p.requires_grad_(_is_hq_key(name) or (samus and hq_schedule == "joint"))
+        decoder = train_mask_decoder and name.startswith("mask_decoder.")
+        p.requires_grad_(_is_hq_key(name) or decoder or (samus and hq_schedule == "joint"))
     return model
 
 

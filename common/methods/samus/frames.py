@@ -48,6 +48,7 @@ class ResizeFramed(MapTransform):
 class SelectClassd(MapTransform):
     """Binary mask of one class: with ``binary`` (SAMUS's 2-class datasets, masks 0/255 or 0/1) every non-zero
     pixel; otherwise the pixels equal to the item's ``class_key`` value (SAMUS's leading class id; default 1).
+    An item's own ``"binary"`` entry (set by the SAMUS-list datalist from ``class.json``) overrides ``binary``.
     Output float ``(1, X, Y)`` in {0, 1}."""
 
     def __init__(self, keys: KeysCollection, class_key: str = "class_id", binary: bool = True) -> None:
@@ -57,9 +58,10 @@ class SelectClassd(MapTransform):
     def __call__(self, data):
         d = dict(data)
         class_id = int(d.get(self.class_key, 1))
+        binary = bool(d.get("binary", self.binary))
         for key in self.key_iterator(d):
             label = d[key]
             if label.ndim != 3 or label.shape[0] != 1:
                 raise InvalidInputError(f"'{key}': expected one mask channel (1, X, Y), got {tuple(label.shape)}")
-            d[key] = (label > 0 if self.binary else label == class_id).to(torch.float32)
+            d[key] = (label > 0 if binary else label == class_id).to(torch.float32)
         return d
