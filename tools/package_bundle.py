@@ -51,6 +51,7 @@ DISTRIBUTIONS = {
     "tqdm": "tqdm",
     "fire": "fire",
     "yaml": "pyyaml",
+    "PIL": "pillow",
 }
 CORE = {"monai", "torch", "numpy", "common"}
 
