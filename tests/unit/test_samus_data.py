@@ -273,8 +273,11 @@ def test_user_prompts_group_into_objects_scaled_to_the_model_frame():
     # the box is object 0 (label 2) and takes the class-2 click; the class-1 clicks form object 1
     assert d["obj_labels"].tolist() == [2, 1]
     assert d["obj_has_box"].tolist() == [True, False]
-    torch.testing.assert_close(d["obj_boxes"][0], torch.tensor([0.0, 0.0, 19 * 8 / 40, 9 * 8 / 20]))
-    torch.testing.assert_close(d["obj_points"][0, 0], torch.tensor([30 * 8 / 40, 15 * 8 / 20]))
+    centre = lambda v, n: (v + 0.5) * 8 / n - 0.5  # noqa: E731  pixel centres stay pixel centres
+    torch.testing.assert_close(
+        d["obj_boxes"][0], torch.tensor([centre(0, 40), centre(0, 20), centre(19, 40), centre(9, 20)])
+    )
+    torch.testing.assert_close(d["obj_points"][0, 0], torch.tensor([centre(30, 40), centre(15, 20)]))
     assert d["obj_point_labels"].tolist() == [[1, -1], [1, 0]]
     assert d["out_size"].tolist() == [20, 40] and "points" not in d
 

@@ -95,7 +95,8 @@ class UserPromptsd(MapTransform):
     object; clicks join the box of their class when exactly one box has it, otherwise the clicks of one class form
     one object. So one prompt per class gives one binary mask per class, and the inferer makes the label map.
 
-    Writes, scaled to the ``size`` px model frame (square stretch, as the image): ``obj_points (K, P, 2)`` with
+    Writes, in the ``size`` px model frame (square stretch, as the image; a pixel centre maps to the same place,
+    ``(x + 0.5) * size / X - 0.5``, so a click lands where the viewer showed it): ``obj_points (K, P, 2)`` with
     ``obj_point_labels (K, P)`` (-1 pads), ``obj_boxes (K, 4)`` with ``obj_has_box (K,)``, ``obj_labels (K,)``, and
     ``out_size`` ``(H, W)`` of the file (the inferer's output size); the raw prompt keys are removed.
     ``ref_key``: the loaded image, whose ``meta["spatial_shape"]`` is the file's ``(X, Y)``.
@@ -142,6 +143,10 @@ class UserPromptsd(MapTransform):
                 objects.append(target)
             target[1].append(i)
         scale = np.array([self.size / shape_xy[0], self.size / shape_xy[1]])
+
+        def to_model(xy: np.ndarray) -> torch.Tensor:  # pixel centres to pixel centres of the stretched frame
+            return torch.as_tensor((xy + 0.5) * scale - 0.5, dtype=torch.float32)
+
         n_obj, n_pts = len(objects), max([1] + [len(o[1]) for o in objects])
         obj_points = torch.zeros(n_obj, n_pts, 2)
         obj_point_labels = torch.full((n_obj, n_pts), -1, dtype=torch.int64)
@@ -149,10 +154,10 @@ class UserPromptsd(MapTransform):
         obj_has_box = torch.zeros(n_obj, dtype=torch.bool)
         for k, (_, clicks, box) in enumerate(objects):
             for j, i in enumerate(clicks):
-                obj_points[k, j] = torch.as_tensor(pts[i] * scale)
+                obj_points[k, j] = to_model(pts[i])
                 obj_point_labels[k, j] = p_labels[i]
             if box is not None:
-                obj_boxes[k] = torch.as_tensor(bxs[box] * np.tile(scale, 2))
+                obj_boxes[k] = to_model(bxs[box].reshape(2, 2)).reshape(4)
                 obj_has_box[k] = True
         d.update(
             obj_points=obj_points,
