@@ -4,6 +4,7 @@ Usage:
     python tools/convert_checkpoint.py litemedsam bundles/medsam/models/model.pt [--source lite_medsam.pth]
     python tools/convert_checkpoint.py medsam medsam_vit_b.pth bundles/medsam/models/medsam_vit_b.pt
     python tools/convert_checkpoint.py sam3d_published last.pth.tar bundles/3dsam_pancreas/models/model.pt [--automatic]
+    python tools/convert_checkpoint.py samus SAMUS.pth bundles/samus_busi/models/model.pt
 
 Each conversion loads the source with ``weights_only=True`` (unwrapping ``{"model": ...}`` training checkpoints
 and ``module.`` prefixes), checks it loads into the project's network with ``strict=True``, and writes the
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.atomic import atomic_path  # noqa: E402
-from common.networks import medsam, sam3d_adapter  # noqa: E402
+from common.networks import medsam, sam3d_adapter, samus  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 
 
@@ -69,5 +70,16 @@ def sam3d_published(source: str, out: str, automatic: bool = False, **sizes) -> 
     return _save(model, out)
 
 
+def samus_published(source: str, out: str, **sizes) -> str:
+    """The SAMUS authors' released or trained checkpoint (``xianlin7/SAMUS`` module names) -> ``out``, renamed to
+    this package's layout (:func:`common.networks.samus.from_upstream_keys`) and loaded with ``strict=True``.
+    ``sizes``: other ``build_samus`` arguments (defaults: the published sizes)."""
+    model = samus.build_samus(**sizes)
+    load_checkpoint(model, samus.from_upstream_keys(load_state_dict_file(source)), strict=True)
+    return _save(model, out)
+
+
 if __name__ == "__main__":
-    fire.Fire({"litemedsam": litemedsam, "medsam": medsam_vit_b, "sam3d_published": sam3d_published})
+    fire.Fire(
+        {"litemedsam": litemedsam, "medsam": medsam_vit_b, "sam3d_published": sam3d_published, "samus": samus_published}
+    )

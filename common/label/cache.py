@@ -5,9 +5,21 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+
+
+def _detached(embeddings: Any) -> Any:
+    """A tensor, or a tuple / NamedTuple of tensors (HQ-SAMUS: embeddings and its early feature), detached."""
+    if isinstance(embeddings, torch.Tensor):
+        return embeddings.detach()
+    return type(embeddings)(*(t.detach() for t in embeddings))
+
+
+def _nbytes(embeddings: Any) -> int:
+    tensors = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
+    return sum(t.element_size() * t.nelement() for t in tensors)
 
 
 class StackEmbeddingCache:
@@ -19,14 +31,15 @@ class StackEmbeddingCache:
     once the cached embeddings exceed ``max_bytes``. Thread-safe.
 
     Args:
-        encode: the frozen image encoder call, e.g. ``Sam.encode``: ``(B, 3, S, S) -> (B, 256, S/16, S/16)``.
+        encode: the frozen image encoder call, e.g. ``Sam.encode``: ``(B, 3, S, S) -> (B, 256, S/16, S/16)`` (or a
+            tuple of tensors, as HQ-SAMUS's ``encode``).
         max_bytes: memory bound for the stored embeddings, in bytes.
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], max_bytes: int):
         self.encode = encode
         self.max_bytes = int(max_bytes)
-        self.store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.store: OrderedDict[str, Any] = OrderedDict()
         self.stored_bytes = 0
         self.hits = 0
         self.misses = 0
@@ -39,7 +52,7 @@ class StackEmbeddingCache:
         return digest.hexdigest()
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> Any:
         key = self.key(images)
         with self._lock:
             if key in self.store:
@@ -50,11 +63,11 @@ class StackEmbeddingCache:
         with self._lock:
             self.misses += 1
             if key not in self.store:  # another thread may have stored it meanwhile
-                self.store[key] = embeddings.detach()
-                self.stored_bytes += embeddings.element_size() * embeddings.nelement()
+                self.store[key] = _detached(embeddings)
+                self.stored_bytes += _nbytes(embeddings)
             while self.store and self.stored_bytes > self.max_bytes:
                 _, dropped = self.store.popitem(last=False)
-                self.stored_bytes -= dropped.element_size() * dropped.nelement()
+                self.stored_bytes -= _nbytes(dropped)
         return embeddings
 
 

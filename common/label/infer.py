@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.data import list_data_collate
-from monai.transforms import CastToTyped, SaveImaged
+from monai.transforms import CastToTyped, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from common.label.cache import StackEmbeddingCache, cache_image_embeddings
 from common.label.request_prompts import PROMPT_KEYS, request_prompts
 from common.transforms.io import AtomicSaveImaged
+from common.transforms.ultrasound import RASTER_SUFFIXES
 
 DEFAULT_CACHE_MB = 2048
 
@@ -56,14 +57,15 @@ class PromptedBundleInferTask(BundleInferTask):
         if not self.valid:
             return
         input_dict = self.bundle_config.get_parsed_content("input_dict", instantiate=True)
-        self.prompt_keys = tuple(k for k in PROMPT_KEYS if k in input_dict)
+        served = self.bundle_config.get("served_prompts")
+        self.prompt_keys = tuple(k for k in PROMPT_KEYS if k in (served or input_dict))
         if not self.prompt_keys:
             raise ValueError(f"{path}: inference.json 'input_dict' names no prompt key of {PROMPT_KEYS}")
         self.extra_keys = dict(self.bundle_config.get("evaluator#prepare_batch#extra_keys") or {})
         self.name = path.rstrip("/").split("/")[-1]
         self.type = InferType.DEEPGROW if "points" in self.prompt_keys else InferType.SEGMENTATION
-        # The served task always takes a volume from the datastore (MedSAM runs slice-wise on it).
-        self.dimension = 3
+        # A volume from the datastore (MedSAM runs slice-wise on it), or a 2-D frame where the bundle says so
+        self.dimension = int(self.bundle_config.get("served_dimension", 3))
         # one prompted structure per request, written as 1 (channel_def names are output channels, e.g. logits)
         names = [_structure_name(n) for n in self.labels or {} if not n.lower().startswith("background")]
         self.labels = {name: 1 for name in names} or {"foreground": 1}
@@ -80,7 +82,7 @@ class PromptedBundleInferTask(BundleInferTask):
         """Run one request; bad prompts (missing, of the wrong kind, outside the image: ValueError from here or
         from the bundle's own checks) answer HTTP 400 with the message instead of a bare 500."""
         try:
-            request = {**request, **request_prompts(request, self.prompt_keys, self.name)}
+            request = {**request, **request_prompts(request, self.prompt_keys, self.name, self.dimension)}
             with self._lock:
                 return super().__call__(request, callbacks)
         except ValueError as error:
@@ -96,8 +98,10 @@ class PromptedBundleInferTask(BundleInferTask):
         return data
 
     def post_transforms(self, data=None):
-        """The bundle's postprocessing (minus its writer), then uint8 labels (ITK cannot write int64 images)."""
-        return [*super().post_transforms(data), CastToTyped(keys=self.key_pred, dtype=np.uint8)]
+        """The bundle's postprocessing (minus its writer), then uint8 labels (ITK cannot write int64 images); a 2-D
+        label loses its channel axis so it is written as a 2-D image of the input's size."""
+        squeeze = [SqueezeDimd(keys=self.key_pred, dim=0)] if self.dimension == 2 else []
+        return [*super().post_transforms(data), *squeeze, CastToTyped(keys=self.key_pred, dtype=np.uint8)]
 
     def _get_network(self, device, data):
         network = super()._get_network(device, data)
@@ -109,6 +113,9 @@ class PromptedBundleInferTask(BundleInferTask):
 
     def writer(self, data, extension=None, dtype=None):
         """MONAI Label's writer; the result JSON also reports the embedding cache's hits and misses so far."""
+        if self.dimension == 2 and extension is None:  # a label PNG for raster frames (not lossy JPEG), else NIfTI
+            raster = str(data.get("image_path", "")).lower().endswith(RASTER_SUFFIXES)
+            extension = ".png" if raster else ".nii.gz"
         result_file, result_json = super().writer(data, extension, dtype)
         cache = self.embedding_caches.get(str(data.get("device")))
         if cache is not None:

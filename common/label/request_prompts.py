@@ -7,9 +7,14 @@ stored (the bundles' own convention, see ``common.transforms.geometry``):
 - ``roi``: one box, interleaved as Slicer's ``getROIPointsXYZ`` builds it,
   ``[i_a, i_b, j_a, j_b, k_a, k_b]`` (each pair rounded from the ROI's RAS corners, so it may be reversed).
 
-A bundle declares which prompts it takes through the keys of its ``inference.json`` ``input_dict``:
-``boxes`` (+ ``box_labels``) are filled from ``roi``; ``points`` from the clicks (+ ``point_labels``,
-1 foreground / 0 background, when the bundle takes negative clicks). Nothing here imports monailabel.
+On a 2-D image (``dimension=2``: a PNG/JPEG or single ultrasound frame, which Slicer loads as one slice) clicks
+may be ``[i, j]`` or ``[i, j, 0]`` and the ROI ``[i_a, i_b, j_a, j_b]`` or the 6-value form with ``k`` 0; they
+become ``[x, y]`` points and ``[x0, y0, x1, y1]`` boxes.
+
+A bundle declares which prompts it takes through the keys of its ``inference.json`` ``input_dict`` (or an explicit
+``served_prompts`` list): ``boxes`` (+ ``box_labels``) are filled from ``roi``; ``points`` from the clicks
+(+ ``point_labels``, 1 foreground / 0 background, when the bundle takes negative clicks). A bundle taking both
+boxes and points (SAMUS) needs at least one of them per request. Nothing here imports monailabel.
 """
 
 from __future__ import annotations
@@ -19,40 +24,56 @@ from collections.abc import Collection, Mapping
 PROMPT_KEYS = ("boxes", "box_labels", "points", "point_labels")
 
 
-def roi_to_box(roi) -> list[int]:
-    """Slicer/OHIF ``roi`` ``[i_a, i_b, j_a, j_b, k_a, k_b]`` -> inclusive box ``[i0, j0, k0, i1, j1, k1]``."""
+def roi_to_box(roi, dimension: int = 3) -> list[int]:
+    """Slicer/OHIF ``roi`` ``[i_a, i_b, j_a, j_b, k_a, k_b]`` -> inclusive box ``[i0, j0, k0, i1, j1, k1]``; with
+    ``dimension=2`` ``[i_a, i_b, j_a, j_b]`` (or ``k`` 0) -> ``[i0, j0, i1, j1]``."""
     values = [int(round(float(v))) for v in roi]
-    if len(values) != 6:
-        raise ValueError(f"'roi' must hold 6 voxel indices [i0, i1, j0, j1, k0, k1], got {list(roi)}")
-    pairs = [sorted(values[2 * axis : 2 * axis + 2]) for axis in range(3)]
+    if dimension == 2 and len(values) == 6:
+        if values[4:] != [0, 0]:
+            raise ValueError(f"'roi' on a 2-D image must lie on slice 0 (k = 0), got {list(roi)}")
+        values = values[:4]
+    if len(values) != 2 * dimension:
+        form = "[i0, i1, j0, j1]" if dimension == 2 else "[i0, i1, j0, j1, k0, k1]"
+        raise ValueError(f"'roi' must hold {2 * dimension} voxel indices {form}, got {list(roi)}")
+    pairs = [sorted(values[2 * axis : 2 * axis + 2]) for axis in range(dimension)]
     return [p[0] for p in pairs] + [p[1] for p in pairs]
 
 
-def _clicks(request: Mapping, key: str) -> list[list[int]]:
+def _clicks(request: Mapping, key: str, dimension: int = 3) -> list[list[int]]:
     clicks = request.get(key) or []
     out = []
     for click in clicks:
-        if len(click) != 3:
-            raise ValueError(f"each '{key}' click must be a voxel index [i, j, k], got {list(click)}")
-        out.append([int(round(float(v))) for v in click])
+        values = [int(round(float(v))) for v in click]
+        if dimension == 2 and len(values) == 3:
+            if values[2] != 0:
+                raise ValueError(f"'{key}' clicks on a 2-D image must lie on slice 0 (k = 0), got {list(click)}")
+            values = values[:2]
+        if len(values) != dimension:
+            form = "[i, j]" if dimension == 2 else "[i, j, k]"
+            raise ValueError(f"each '{key}' click must be a voxel index {form}, got {list(click)}")
+        out.append(values)
     return out
 
 
-def request_prompts(request: Mapping, prompt_keys: Collection[str], model: str = "model") -> dict:
-    """The bundle prompt entries (a subset of :data:`PROMPT_KEYS`) for one MONAI Label request.
+def request_prompts(request: Mapping, prompt_keys: Collection[str], model: str = "model", dimension: int = 3) -> dict:
+    """The bundle prompt entries (a subset of :data:`PROMPT_KEYS`) for one MONAI Label request on a
+    ``dimension``-D image.
 
     Raises ValueError, naming ``model`` and what it takes, when the request lacks the prompt the model needs or
     sends one it cannot use (a background click to a positive-points-only model).
     """
     prompts: dict = {}
-    if "boxes" in prompt_keys:
+    either = "boxes" in prompt_keys and "points" in prompt_keys
+    foreground, background = _clicks(request, "foreground", dimension), _clicks(request, "background", dimension)
+    if either and not request.get("roi") and not foreground:
+        raise ValueError(f"{model} needs a foreground click ('foreground') or an ROI box ('roi'), or both")
+    if "boxes" in prompt_keys and (request.get("roi") or not either):
         if not request.get("roi"):
             raise ValueError(f"{model} is box-prompted: draw an ROI box ('roi' = [i0, i1, j0, j1, k0, k1])")
-        prompts["boxes"] = [roi_to_box(request["roi"])]
+        prompts["boxes"] = [roi_to_box(request["roi"], dimension)]
         if "box_labels" in prompt_keys:
             prompts["box_labels"] = [1]
-    if "points" in prompt_keys:
-        foreground, background = _clicks(request, "foreground"), _clicks(request, "background")
+    if "points" in prompt_keys and (foreground or background or not either):
         if not foreground:
             raise ValueError(f"{model} needs at least one foreground click ('foreground' = [[i, j, k], ...])")
         if background and "point_labels" not in prompt_keys:

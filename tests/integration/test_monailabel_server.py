@@ -21,10 +21,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
+from PIL import Image
 from workflow_utils import (
     box_of,
     dice,
@@ -41,6 +43,8 @@ from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
+from common.networks.samus import TINY_SIZES as SAMUS_TINY
+from common.networks.samus import build_samus
 
 client_module = pytest.importorskip("monailabel.client", reason="needs the monailabel extra: pip install .[monailabel]")
 ClientError = client_module.client.MONAILabelClientException
@@ -69,7 +73,14 @@ TINY_CONFIGS = {
         "init_from_sam": False,
         "val_interval": 1,  # published: every 5 epochs; MONAI Label's 1-epoch run must validate to save
     },
+    "samus_busi": {
+        "network_def": {"_target_": "common.networks.samus.build_samus", **SAMUS_TINY},
+        "image_size": SAMUS_TINY["image_size"],
+        "num_workers": 0,
+        "init_from_sam": False,
+    },
 }
+US_FRAME = "us_frame"  # the real GE ultrasound frame (RGB, Doppler overlay) as a colour PNG study
 
 
 SMALL_MEDSAM_TRAINING = {
@@ -132,12 +143,20 @@ def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
         TINY_CONFIGS["msa"],
         build_msa(num_slices=MSA_SLICES, **MSA_TINY).state_dict(),
     )
+    bundle_copy(
+        repo_root / "bundles" / "samus_busi",
+        root / "samus_busi",
+        TINY_CONFIGS["samus_busi"],
+        build_samus(**SAMUS_TINY).state_dict(),
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def studies(totalseg_dir, tmp_path_factory) -> Path:
-    """Both CT volumes as NIfTI studies with ``labels/final``; the DICOM label resampled onto the series' grid."""
+    """Both CT volumes as NIfTI studies with ``labels/final``; the DICOM label resampled onto the series' grid; a
+    real ultrasound frame as a 2-D PNG study."""
+    ultrasound_dir = totalseg_dir.parent / "ultrasound"
     root = tmp_path_factory.mktemp("studies")
     (root / "labels" / "final").mkdir(parents=True)
     shutil.copyfile(totalseg_dir / "ct_abdomen_3mm.nii.gz", root / "ct_abdomen_3mm.nii.gz")
@@ -149,6 +168,8 @@ def studies(totalseg_dir, tmp_path_factory) -> Path:
     label = sitk.ReadImage(str(totalseg_dir / "ct_dicom_labels.nii.gz"))
     on_series = sitk.Resample(label, series, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
     sitk.WriteImage(on_series, str(root / "labels" / "final" / "ct_dicom.nii.gz"))
+    frame = pydicom.dcmread(str(ultrasound_dir / "US1_UNCR.dcm")).pixel_array  # (480, 640, 3) RGB
+    Image.fromarray(frame).save(root / f"{US_FRAME}.png")
     return root
 
 
@@ -237,15 +258,48 @@ def test_info_lists_every_bundle(server, bundles_dir):
     client, _ = server
     info = client.info()
     models = info["models"]
-    assert set(models) == {"medsam", "3dsam_pancreas", "msa"}
+    assert set(models) == {"medsam", "3dsam_pancreas", "msa", "samus_busi"}
     assert models["medsam"]["type"] == "segmentation" and models["medsam"]["prompts"] == ["boxes", "box_labels"]
     assert models["3dsam_pancreas"]["type"] == "deepgrow" and models["3dsam_pancreas"]["prompts"] == ["points"]
     assert models["msa"]["type"] == "deepgrow" and models["msa"]["prompts"] == ["points", "point_labels"]
+    assert models["samus_busi"]["type"] == "deepgrow"
+    assert models["samus_busi"]["prompts"] == ["boxes", "box_labels", "points", "point_labels"]
     for name, model in models.items():
         meta = json.loads((bundles_dir / name / "configs" / "metadata.json").read_text())
-        assert model["dimension"] == 3 and model["version"] == meta["version"]
+        assert model["dimension"] == (2 if name == "samus_busi" else 3) and model["version"] == meta["version"]
     assert models["3dsam_pancreas"]["labels"] == {"target": 1}
-    assert set(info["trainers"]) == {"medsam", "3dsam_pancreas", "msa"}
+    assert set(info["trainers"]) == {"medsam", "3dsam_pancreas", "msa", "samus_busi"}
+
+
+def test_samus_click_and_box_on_a_2d_frame(server, studies, bundles_dir, tmp_path):
+    """Clicks and an ROI box on a 2-D PNG frame: a PNG label of the frame's size, equal to the bundle's own
+    inference.json; the image embedding is computed once and reused by the next request on the frame."""
+    client, _ = server
+    frame = np.asarray(Image.open(studies / f"{US_FRAME}.png"))
+    results = {}
+    for name, params, own_prompts in (
+        (
+            "click",
+            {"foreground": [[330, 240, 0]], "background": [[20, 20]]},
+            {"points": [[330, 240], [20, 20]], "point_labels": [1, 0]},
+        ),
+        ("box", {"roi": [420, 250, 150, 330]}, {"boxes": [[250, 150, 420, 330]], "box_labels": [1]}),
+    ):
+        result, params_out = client.infer("samus_busi", US_FRAME, params)
+        assert result.endswith(".png")
+        mask = np.asarray(Image.open(result))
+        assert mask.shape == frame.shape[:2]
+        out = tmp_path / name
+        run_inference(
+            bundles_dir / "samus_busi" / "configs",
+            out,
+            {"image": str(studies / f"{US_FRAME}.png"), **own_prompts},
+            bundle_root=str(bundles_dir / "samus_busi"),
+        )
+        own = np.asarray(Image.open(out / f"{US_FRAME}_seg.png"))
+        np.testing.assert_array_equal(mask > 0, own > 0)
+        results[name] = params_out["embedding_cache"]
+    assert results["box"]["hits"] >= 1 and results["box"]["misses"] == results["click"]["misses"]
 
 
 def test_medsam_liver_box(server, studies, bundles_dir, ct3, tmp_path):
@@ -311,12 +365,15 @@ def test_msa_clicks_on_the_dicom_study(server, studies, bundles_dir, tmp_path):
         ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
+        ("samus_busi", {"foreground": [[60, 50, 3]]}, "slice 0"),
+        ("samus_busi", {"background": [[60, 50]]}, "foreground click"),
+        ("samus_busi", {"foreground": [[900, 50]]}, "outside"),
     ],
 )
 def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
     client, _ = server
     with pytest.raises(ClientError) as error:
-        client.infer(model, "ct_abdomen_3mm", params)
+        client.infer(model, US_FRAME if model == "samus_busi" else "ct_abdomen_3mm", params)
     assert "Status: 400" in str(error.value) and message in str(error.value)
 
 

@@ -4,6 +4,9 @@ too), zero-initialised adapters, SAM initialisation, HQ decoder against segment-
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +17,8 @@ from torch import nn
 from common.networks import samus
 from common.networks.sam import CheckpointError, build_sam_vit
 from tests.sam_reference import randomise_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 TINY = samus.TINY_SIZES
 GRID = TINY["image_size"] // TINY["patch_stride"]
@@ -385,3 +390,25 @@ def test_hq_initialisation_from_trained_samus_leaves_only_hq_keys():
 def test_bad_sizes_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         samus.build_samus(**{**TINY, **kwargs})
+
+
+def test_converter_writes_the_authors_checkpoint_in_our_layout(reference_and_ours, tmp_path):
+    """tools/convert_checkpoint.py samus: a DataParallel-saved upstream state dict -> a plain, strictly loading
+    model.pt whose encoder equals the authors' (reference) encoder."""
+    from convert_checkpoint import samus_published
+
+    ref, ours = reference_and_ours
+    upstream = {f"module.image_encoder.{k}": v for k, v in ref.state_dict().items()}
+    upstream.update({f"module.{k}": v for k, v in ours.state_dict().items() if not k.startswith("image_encoder.")})
+    torch.save(upstream, tmp_path / "SAMUS.pth")
+    out = samus_published(str(tmp_path / "SAMUS.pth"), str(tmp_path / "models" / "model.pt"), **TINY)
+    converted = samus.build_samus(**TINY).eval()
+    converted.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    images = torch.rand(1, 1, TINY["image_size"], TINY["image_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(converted.encode(images), ref(images), atol=1e-5, rtol=1e-4)
+    with pytest.raises(CheckpointError):
+        del upstream["module.image_encoder.input_Adapter.D_fc1.weight"]
+        torch.save(upstream, tmp_path / "broken.pth")
+        samus_published(str(tmp_path / "broken.pth"), str(tmp_path / "models" / "broken.pt"), **TINY)
+    assert not (tmp_path / "models" / "broken.pt").exists()
