@@ -23,11 +23,13 @@ from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
+from common.networks.samus import TINY_SIZES as SAMUS_TINY
+from common.networks.samus import build_samus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import package_bundle  # noqa: E402
 
-BUNDLES = ["medsam", "3dsam_pancreas", "msa"]
+BUNDLES = ["medsam", "3dsam_pancreas", "msa", "samus_busi"]
 VENV_INSTALL_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
 
@@ -236,6 +238,27 @@ def test_tiny_point_bundle_runs_in_a_fresh_venv(repo_root, zips, fresh_venv, ct3
     assert_same_image(theirs, ours)
 
 
+def test_samus_runs_its_default_input_in_a_fresh_venv(repo_root, zips, fresh_venv, tmp_path):
+    """The unpacked samus_busi zip runs inference.json on its built-in default input (the ultrasound frame that the
+    packaged metadata's pydicom-data brings) with a tiny network and weights from the command line; the NIfTI output
+    equals this repository's run."""
+    network_def = {"_target_": "common.networks.samus.build_samus", **SAMUS_TINY}
+    torch.manual_seed(0)
+    weights = save_weights(tmp_path, build_samus(**SAMUS_TINY).state_dict(), "tiny.pt")
+    overrides = {"network_def": network_def, "image_size": SAMUS_TINY["image_size"], "ckpt_path": str(weights)}
+    bundle = fresh_venv.download(zips["samus_busi"], tmp_path / "downloaded")
+    packaged = {**overrides, "network_def": vendored(network_def, "samus_busi")}
+    cli = [f"--{key}={json.dumps(value)}" for key, value in packaged.items()]
+    fresh_venv.run(
+        ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--output_dir", "out", *cli], bundle
+    )
+    (theirs,) = list((bundle / "out").glob("*_seg.nii.gz"))
+    run_inference(repo_root / "bundles" / "samus_busi" / "configs", tmp_path / "ours", **overrides)
+    (ours,) = list((tmp_path / "ours").glob("*_seg.nii.gz"))
+    assert theirs.name == "US1_UNCR_seg.nii.gz" and nib.load(str(theirs)).shape == (640, 480)
+    assert_same_image(theirs, ours)
+
+
 ONE_PROCESS_SCRIPT = """
 import json, sys
 from monai.bundle import ConfigWorkflow
@@ -259,7 +282,7 @@ def test_three_packaged_bundles_in_one_process(zips, fresh_venv, ct3, totalseg_d
     image = str(totalseg_dir / "ct_abdomen_3mm.nii.gz")
     liver = np.argwhere(label == 5)
     runs = []
-    for name in BUNDLES:
+    for name in ("medsam", "3dsam_pancreas", "msa"):
         bundle = fresh_venv.download(zips[name], tmp_path / "downloaded")
         if name == "medsam":
             box = [int(v) for v in liver.min(0)] + [int(v) for v in liver.max(0)]
