@@ -98,11 +98,9 @@ class HQMaskDecoder(MaskDecoder):
         multimask_output: bool,
         early_features: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, src, pos = self.prepare_inputs(
+        hs, upscaled = self.run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        hs, src_out = self.transformer(src, pos, tokens)
-        upscaled = self.upscale(src_out, (src.shape[2], src.shape[3]))
         masks, iou = self.masks_from_tokens(hs, upscaled)
         if multimask_output:
             best = iou[:, 1:].argmax(dim=1)

@@ -46,14 +46,7 @@ FAKE_NET = {"_target_": "workflow_utils.ClickSlices"}
 
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny network's tensors are too small to gain from more, and on a shared 2-core
-    machine two threads per op make training several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
 
 
 @pytest.fixture(scope="module")

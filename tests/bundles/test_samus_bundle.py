@@ -47,12 +47,7 @@ TINY_CFG = {"network_def": {**TINY_NET, "hq": "@hq"}, "image_size": TINY["image_
 US = Path(__file__).resolve().parents[3] / "shared" / "data" / "ultrasound"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
 
 
 @pytest.fixture(scope="module")

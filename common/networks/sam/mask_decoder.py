@@ -113,6 +113,21 @@ class MaskDecoder(nn.Module):
         masks = (hyper_in @ upscaled.reshape(b, c_up, h_up * w_up)).reshape(b, -1, h_up, w_up)
         return masks, self.iou_prediction_head(iou_token_out)
 
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output tokens after the two-way transformer ``(B, N, D)`` and the upscaled image features
+        ``(B, D/8, 4h, 4w)``."""
+        tokens, src, pos = self.prepare_inputs(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        hs, src_out = self.transformer(src, pos, tokens)
+        return hs, self.upscale(src_out, (src.shape[2], src.shape[3]))
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -121,8 +136,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks ``(B, T, 4h, 4w)`` and IoU predictions ``(B, T)``."""
-        tokens, src, pos = self.prepare_inputs(
+        hs, upscaled = self.run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        hs, src_out = self.transformer(src, pos, tokens)
-        return self.masks_from_tokens(hs, self.upscale(src_out, (src.shape[2], src.shape[3])))
+        return self.masks_from_tokens(hs, upscaled)
