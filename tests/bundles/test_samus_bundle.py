@@ -28,12 +28,12 @@ from workflow_utils import (
     make_workflow,
     run_bundle_torchrun,
     run_inference,
-    run_workflow,
     save_weights,
 )
 
 from common.data.synthetic_ultrasound import write_synthetic_busi
 from common.data.ultrasound import busi_datalist, split_datalist
+from common.methods.samus import prompt_keys as samus_prompt_keys
 from common.networks import samus
 from common.networks.sam import build_sam_vit
 
@@ -258,24 +258,66 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------- evaluate
-def test_evaluate_writes_per_image_report(configs, dataset, tiny_weights, tmp_path):
+@pytest.mark.parametrize("variant", ["click", "box", "hq_click_and_box"])
+def test_evaluate_writes_per_image_report(configs, dataset, tmp_path, variant):
+    """evaluate.json with the published click, the tight box, and HQ-SAMUS (inference_hq.json) with both."""
+    hq = variant.startswith("hq")
+    torch.manual_seed(0)
+    weights = save_weights(tmp_path, samus.build_samus(hq=hq, **TINY).state_dict())
     out = tmp_path / "eval"
+    files = ["inference.json", *(["inference_hq.json"] if hq else []), "evaluate.json"]
+    prompt = variant.removeprefix("hq_")
     wf = make_workflow(
         configs,
-        ["inference.json", "evaluate.json"],
+        files,
         "infer",
         output_dir=str(out),
-        ckpt_path=str(tiny_weights),
+        ckpt_path=str(weights),
         upstream_row_hd=True,
+        prompt=prompt,
         **data_override(dataset),
     )
-    run_workflow(wf)
+    wf.initialize()
+    assert checked_properties(wf) == []
+    wf.run()
+    wf.finalize()
     assert files_left(out) == ["metrics.csv", "metrics.json"]
     report = json.loads((out / "metrics.json").read_text())
     tests = json.loads((dataset / "datalist.json").read_text())["test"]
     assert [r["image"] for r in report["rows"]] == [Path(t["image"]).stem for t in tests]
     assert set(report["summary"]) == {"dice", "iou", "sensitivity", "specificity", "hd95_px", "upstream_row_hd"}
     assert all(0 <= r["dice"] <= 1 for r in report["rows"])
+    assert wf.parser.get_parsed_content("evaluator#prepare_batch").extra_keys == samus_prompt_keys(prompt)
+
+
+def test_train_with_box_prompts(configs, dataset, tmp_path):
+    """prompt "box": the jittered training box reaches the network (upstream trains with clicks only)."""
+    calls = []
+    wf = train_workflow(configs, dataset, tmp_path, init_from_sam=False, epochs=1, prompt="box")
+    wf.initialize()
+    net = wf.parser.get_parsed_content("network")
+    net.register_forward_pre_hook(lambda m, args, kwargs: calls.append(sorted(kwargs)), with_kwargs=True)
+    wf.run()
+    wf.finalize()
+    assert calls and all(c == ["boxes"] for c in calls)
+
+
+def test_upstream_points_only_mode_refuses_a_box_alone(configs, tiny_weights, tmp_path):
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "f.png")
+    out = tmp_path / "out"
+    expect_failure(
+        lambda: make_workflow(
+            configs,
+            "inference.json",
+            "infer",
+            output_dir=str(out),
+            input_dict={"image": str(tmp_path / "f.png"), "boxes": [[2, 2, 30, 30]]},
+            use_boxes=False,
+            **{**infer_override(tiny_weights), "network_def": {**TINY_CFG["network_def"], "use_boxes": "@use_boxes"}},
+        ),
+        out,
+        "ignores box prompts",
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- inference
