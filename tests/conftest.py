@@ -18,7 +18,7 @@ torchvision_standin.install_if_broken()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-REAL_DATA_FIXTURES = {"totalseg_dir", "totalseg_eval_dir", "ct3"}
+REAL_DATA_FIXTURES = {"totalseg_dir", "totalseg_eval_dir", "ct3", "ultrasound_dir"}
 
 
 def pytest_collection_modifyitems(items):
@@ -32,20 +32,30 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def _shared_data_dir() -> Path:
-    return Path(os.environ.get("SAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "totalseg_ct"
+def _shared_data_dir(name: str = "totalseg_ct") -> Path:
+    return Path(os.environ.get("SAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / name
+
+
+def _require(path: Path, marker: str, what: str) -> Path:
+    """``path`` if ``path / marker`` exists; else skip, or fail under CI=true."""
+    if not (path / marker).is_file():
+        message = f"{what} folder not found at {path} (set SAM_SHARED_DATA to the shared/data folder)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
     """`../shared/data/totalseg_ct`: skipped when absent, except under CI=true where absence fails."""
-    path = _shared_data_dir()
-    if not (path / "ct_abdomen_3mm.nii.gz").is_file():
-        message = f"real CT data folder not found at {path} (set SAM_SHARED_DATA to the shared/data folder)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return _require(_shared_data_dir(), "ct_abdomen_3mm.nii.gz", "real CT data")
+
+
+@pytest.fixture(scope="session")
+def ultrasound_dir() -> Path:
+    """`../shared/data/ultrasound` (two real US DICOM frames, no masks): skipped / failed as ``totalseg_dir``."""
+    return _require(_shared_data_dir("ultrasound"), "US1_UNCR.dcm", "real ultrasound data")
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,6 @@ TINY_NET = {
 }
 TINY_LOW = 4 * TINY["image_size"] // TINY["patch_stride"]
 TINY_CFG = {"network_def": {**TINY_NET, "hq": "@hq"}, "image_size": TINY["image_size"], "num_workers": 0}
-US = Path(__file__).resolve().parents[3] / "shared" / "data" / "ultrasound"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
@@ -325,14 +324,11 @@ def infer_override(weights: Path) -> dict:
     return {"ckpt_path": str(weights), **TINY_CFG}
 
 
-@pytest.mark.real
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "gdcm-US-ALOKA-16.dcm"])
 @pytest.mark.parametrize("prompt", [{"points": [[330, 240]]}, {"boxes": [[250, 150, 420, 330]]}], ids=["click", "box"])
-def test_inference_on_real_dicom_frames(configs, tiny_weights, tmp_path, name, prompt):
-    if not US.is_dir():
-        pytest.skip(f"{US} not found")
+def test_inference_on_real_dicom_frames(configs, tiny_weights, tmp_path, ultrasound_dir, name, prompt):
     out = tmp_path / "out"
-    wf = run_inference(configs, out, {"image": str(US / name), **prompt}, **infer_override(tiny_weights))
+    wf = run_inference(configs, out, {"image": str(ultrasound_dir / name), **prompt}, **infer_override(tiny_weights))
     assert checked_properties(wf) == []
     assert files_left(out) == [f"{Path(name).stem}_seg.nii.gz"]
     img = nib.load(str(out / f"{Path(name).stem}_seg.nii.gz"))
@@ -430,15 +426,15 @@ def test_inference_hq_variant(configs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.real
-def test_full_size_forward_on_a_real_frame(configs, tmp_path):
+def test_full_size_forward_on_a_real_frame(configs, tmp_path, ultrasound_dir):
     """Published sizes (133 M parameters, seeded weights) through inference.json once, on the palette-colour frame."""
-    if not US.is_dir():
-        pytest.skip(f"{US} not found")
     torch.manual_seed(0)
     weights = save_weights(tmp_path, samus.build_samus().state_dict())
     out = tmp_path / "out"
     run_inference(
-        configs, out, {"image": str(US / "gdcm-US-ALOKA-16.dcm"), "points": [[330, 240]]}, ckpt_path=str(weights)
+        configs,
+        out,
+        {"image": str(ultrasound_dir / "gdcm-US-ALOKA-16.dcm"), "points": [[330, 240]]},
+        ckpt_path=str(weights),
     )
     assert nib.load(str(out / "gdcm-US-ALOKA-16_seg.nii.gz")).shape == (640, 480)

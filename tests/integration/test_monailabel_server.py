@@ -153,10 +153,9 @@ def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def studies(totalseg_dir, tmp_path_factory) -> Path:
+def studies(totalseg_dir, ultrasound_dir, tmp_path_factory) -> Path:
     """Both CT volumes as NIfTI studies with ``labels/final``; the DICOM label resampled onto the series' grid; a
     real ultrasound frame as a 2-D PNG study."""
-    ultrasound_dir = totalseg_dir.parent / "ultrasound"
     root = tmp_path_factory.mktemp("studies")
     (root / "labels" / "final").mkdir(parents=True)
     shutil.copyfile(totalseg_dir / "ct_abdomen_3mm.nii.gz", root / "ct_abdomen_3mm.nii.gz")

@@ -32,7 +32,6 @@ from common.methods.samus import (
 from common.metrics.image_report import image_scores, row_vector_hausdorff
 from common.transforms.ultrasound import read_mask, read_ultrasound
 
-US = Path(__file__).resolve().parents[3] / "shared" / "data" / "ultrasound"
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -65,14 +64,11 @@ def _dicom(path: Path, pixels: np.ndarray, photometric: str, **extra) -> Path:
     return path
 
 
-@pytest.mark.real
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "gdcm-US-ALOKA-16.dcm"])
-def test_real_ultrasound_dicoms_become_grey_of_the_viewer_size(name):
+def test_real_ultrasound_dicoms_become_grey_of_the_viewer_size(ultrasound_dir, name):
     """RGB (GE, Doppler overlay) and palette colour (ALOKA, 16-bit LUT): grey = luma of the colours a viewer shows."""
-    if not US.is_dir():
-        pytest.skip(f"{US} not found")
-    frame = read_ultrasound(US / name)
-    ds = pydicom.dcmread(str(US / name))
+    frame = read_ultrasound(ultrasound_dir / name)
+    ds = pydicom.dcmread(str(ultrasound_dir / name))
     assert frame.shape == (1, ds.Columns, ds.Rows) == (1, 640, 480)
     if ds.PhotometricInterpretation == "RGB":
         rgb = ds.pixel_array.astype(float)
