@@ -3,13 +3,14 @@
 Raster files (PNG, JPEG, BMP, TIFF) are read with Pillow and converted to grey with Pillow's ``"L"`` rule
 (ITU-R 601-2 luma, ``0.299 R + 0.587 G + 0.114 B``), the rule of OpenCV's grey read used by SAMUS. DICOM files are
 read with pydicom: the palette applied (``PALETTE COLOR``), YCbCr converted to RGB, ``MONOCHROME1`` inverted, then
-the same luma; a multi-frame file needs ``frame``. Values are scaled to 0..255 (16-bit palettes and grey by their
-bit depth). Arrays follow the project's axis order ``(1, X, Y)`` (X = column, Y = row, as MONAI's ``PILReader``
-gives them), so a point ``(x, y)`` read off a viewer indexes ``[0, x, y]``.
+the same luma; a multi-frame file needs ``frame``. 2-D (or one-slice) NIfTI frames keep their affine. Values are
+scaled to 0..255 (16-bit palettes and grey by their bit depth; NIfTI other than uint8 by its min and max). Arrays
+follow the project's axis order ``(1, X, Y)`` (X = column, Y = row, as MONAI's ``PILReader`` gives them), so a point
+``(x, y)`` read off a viewer indexes ``[0, x, y]``.
 
-The meta data keeps the source, its format (``"raster"`` or ``"dicom"``), the original ``(X, Y)`` size and an
-affine (pixel spacing in mm for DICOM from ``PixelSpacing`` or the ultrasound regions, identity for raster files),
-so outputs can be written on the input's grid (:class:`~common.transforms.io.AtomicSaveImaged`).
+The meta data keeps the source, its format (``"raster"``, ``"dicom"`` or ``"nifti"``), the original ``(X, Y)`` size
+and an affine (NIfTI's own; pixel spacing in mm for DICOM from ``PixelSpacing`` or the ultrasound regions; identity
+for raster files), so outputs can be written on the input's grid (:class:`~common.transforms.io.AtomicSaveImaged`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from monai.transforms import MapTransform
 
 from common.errors import InputNotFoundError, InvalidInputError
 
-__all__ = ["RASTER_SUFFIXES", "LoadMaskd", "LoadUltrasoundd", "read_mask", "read_ultrasound"]
+__all__ = ["NIFTI_SUFFIXES", "RASTER_SUFFIXES", "LoadMaskd", "LoadUltrasoundd", "read_mask", "read_ultrasound"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LUMA = np.array([0.299, 0.587, 0.114])
 _CM_UNITS = 3  # PhysicalUnitsXDirection code for centimetres
 
@@ -89,6 +91,27 @@ def _dicom_grey(path: Path, frame: int | None) -> tuple[np.ndarray, tuple[float,
     return grey, _dicom_spacing_mm(ds)
 
 
+def _nifti_grey(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D (or one-slice) NIfTI frame as ``(rows, columns)`` grey and its 4 x 4 affine; 8-bit values as stored,
+    other types min-max scaled to 0..255."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except Exception as e:  # nibabel raises several types for broken files
+        raise InvalidInputError(f"{path}: not a readable NIfTI image ({type(e).__name__}: {e})") from e
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[:, :, 0]
+    if data.ndim != 2:
+        raise InvalidInputError(f"{path}: expected a 2-D frame (X, Y) or (X, Y, 1), got shape {data.shape}")
+    grey = data.astype(np.float64)
+    if data.dtype != np.uint8:
+        low, high = grey.min(), grey.max()
+        grey = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+    return grey.T, np.asarray(image.affine, dtype=np.float64)
+
+
 def _raster(path: Path, mode: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -109,19 +132,24 @@ def _check_path(path) -> Path:
 def read_ultrasound(path, frame: int | None = None) -> MetaTensor:
     """One grey frame ``(1, X, Y)`` float32 in 0..255 with meta (see the module docstring)."""
     p = _check_path(path)
+    affine = None
     if _is_dicom(p):
         grey_hw, spacing, kind = *_dicom_grey(p, frame), "dicom"
     elif p.suffix.lower() in RASTER_SUFFIXES:
         grey_hw, spacing, kind = _raster(p, "L").astype(np.float64), (1.0, 1.0), "raster"
+    elif p.name.lower().endswith(NIFTI_SUFFIXES):
+        (grey_hw, affine), spacing, kind = _nifti_grey(p), (1.0, 1.0), "nifti"
     else:
         raise InvalidInputError(
-            f"{p}: neither a DICOM file (no 'DICM' marker) nor a raster image ({', '.join(RASTER_SUFFIXES)})"
+            f"{p}: neither a DICOM file (no 'DICM' marker), a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) nor a raster "
+            f"image ({', '.join(RASTER_SUFFIXES)})"
         )
     if grey_hw.ndim != 2 or min(grey_hw.shape) < 2:
         raise InvalidInputError(f"{p}: expected one 2-D frame, got pixel array of shape {grey_hw.shape}")
     if not np.isfinite(grey_hw).all():
         raise InvalidInputError(f"{p}: pixel data holds non-finite values")
-    affine = np.diag([spacing[0], spacing[1], 1.0])
+    if affine is None:
+        affine = np.diag([spacing[0], spacing[1], 1.0])
     meta = {
         "filename_or_obj": str(p),
         "source_format": kind,

@@ -355,6 +355,20 @@ def test_inference_on_raster_writes_png_of_the_input_size(configs, tiny_weights,
     assert mask.shape == (45, 70) and set(np.unique(mask).tolist()) <= {0, 1, 2}
 
 
+def test_inference_on_a_nifti_frame_keeps_its_affine(configs, tiny_weights, tmp_path):
+    affine = np.array([[0.2, 0, 0, -12.0], [0, 0.25, 0, 5.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    frame = (np.random.default_rng(1).random((70, 45)) * 1000).astype(np.int16)  # (X, Y), not 8-bit
+    nib.save(nib.Nifti1Image(frame, affine), str(tmp_path / "frame.nii.gz"))
+    out = tmp_path / "out"
+    run_inference(
+        configs, out, {"image": str(tmp_path / "frame.nii.gz"), "points": [[60, 40]]}, **infer_override(tiny_weights)
+    )
+    assert files_left(out) == ["frame_seg.nii.gz"]
+    seg = nib.load(str(out / "frame_seg.nii.gz"))
+    assert seg.shape == (70, 45)
+    np.testing.assert_allclose(seg.affine, affine)
+
+
 class _ClickDisc(torch.nn.Module):
     """Fake SAMUS with SAMUS's frames (32 px input, 32 px logits): logit +10 within 3 px of the first click."""
 
