@@ -16,6 +16,7 @@ for raster files), so outputs can be written on the input's grid (:class:`~commo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ def _nifti_grey(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
+        image: Any = nib.load(str(path))  # a Nifti1Image / Nifti2Image (nibabel types it as FileBasedImage)
         data = np.asarray(image.dataobj)
     except Exception as e:  # nibabel raises several types for broken files
         raise InvalidInputError(f"{path}: not a readable NIfTI image ({type(e).__name__}: {e})") from e
