@@ -35,14 +35,14 @@ from common.networks.hq_sam import HQ_MODULES, HQMaskDecoder
 from common.networks.sam import (
     DECODER_DEFAULTS,
     SAM_VIT_B_HINT,
-    CheckpointError,
     ContextTap,
+    GreySam,
     ImageEncoderViT,
     LayerNorm2d,
-    Sam,
     build_sam_vit,
     extract_state_dict,
-    load_checkpoint,
+    grey_to_rgb,
+    load_leaving_new_modules,
     load_state_dict_file,
 )
 
@@ -210,33 +210,9 @@ class CNNFusion(nn.Module):
         return x + self.scale * context[CNN_KEY]
 
 
-def _rgb(images: torch.Tensor) -> torch.Tensor:
-    """Grey ``(B, 1, S, S)`` repeated to 3 channels (SAMUS does it inside its encoder); 3 channels pass."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"SAMUS expects images (B, 1 or 3, S, S) in [0, 1], got {tuple(images.shape)}")
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
-class Samus(Sam):
-    """SAMUS: :class:`Sam` with the SAMUS encoder (see the module docstring); prompts in the 256 px input frame.
-
-    ``use_boxes=False`` reproduces upstream, whose forward drops box prompts (only clicks reach the prompt
-    encoder); by default boxes given to :meth:`decode` / :meth:`forward` are used.
-    """
-
-    def __init__(self, *args, use_boxes: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.use_boxes = use_boxes
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(_rgb(images))
-
-    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, **kwargs):
-        if not self.use_boxes:
-            if point_coords is None and kwargs.get("mask_inputs") is None:
-                raise ValueError("use_boxes=False (upstream SAMUS) ignores box prompts; give clicks")
-            boxes = None
-        return super().decode(image_embeddings, point_coords, point_labels, boxes, **kwargs)
+class Samus(GreySam):
+    """SAMUS: :class:`~common.networks.sam.GreySam` with the SAMUS encoder (see the module docstring); prompts in
+    the 256 px input frame; ``use_boxes=False`` is upstream's points-only forward."""
 
 
 class HQEmbeddings(NamedTuple):
@@ -259,7 +235,7 @@ class HQSamus(Samus):
         trains = any(p.requires_grad for p in self.image_encoder.parameters())
         context: dict[str, Any] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
-            embeddings = self.image_encoder(_rgb(images), context=context)
+            embeddings = self.image_encoder(grey_to_rgb(images), context=context)
         return HQEmbeddings(embeddings, context[EARLY_KEY])
 
     def decode(self, image_embeddings, *args, **kwargs):
@@ -380,17 +356,6 @@ def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return F.interpolate(table[None, None].float(), size=(length, table.shape[1]), mode="bilinear")[0, 0].to(table)
 
 
-def _load_expecting(model: Samus, state: Mapping[str, torch.Tensor], expected_missing: list[str], what: str) -> None:
-    missing, unexpected = load_checkpoint(model, state, strict=False)
-    if set(missing) != set(expected_missing) or unexpected:
-        wrong = sorted(set(missing) - set(expected_missing))[:5]
-        loaded_new = sorted(set(expected_missing) - set(missing))[:5]
-        raise CheckpointError(
-            f"{what} does not fit {type(model).__name__}: missing non-new keys {wrong}, new-module keys found in "
-            f"the checkpoint {loaded_new}, unexpected keys {list(unexpected)[:5]}"
-        )
-
-
 def load_sam_weights(model: Samus, sam: str | os.PathLike | Mapping) -> list[str]:
     """Initialise from an official SAM checkpoint (``sam_vit_b_01ec64.pth`` layout): every SAM key loads, the
     global blocks' rel-pos tables resized (127 -> 63 for ViT-B at 256 px), the 64x64 position table kept for the
@@ -405,7 +370,7 @@ def load_sam_weights(model: Samus, sam: str | os.PathLike | Mapping) -> list[str
             if key in state and key in target and state[key].shape != target[key].shape:
                 state[key] = _resize_table(state[key], target[key].shape[0])
     expected = new_module_keys(model)
-    _load_expecting(model, state, expected, "SAM checkpoint")
+    load_leaving_new_modules(model, state, expected, "SAM checkpoint")
     return expected
 
 
@@ -413,7 +378,7 @@ def load_samus_weights(model: HQSamus, samus: str | os.PathLike | Mapping) -> li
     """HQ-only schedule: load a trained SAMUS ``model.pt`` into HQ-SAMUS; only the HQ modules may be missing."""
     state = load_state_dict_file(samus) if isinstance(samus, (str, os.PathLike)) else extract_state_dict(samus)
     expected = new_module_keys(model, include_samus=False)
-    _load_expecting(model, state, expected, "SAMUS checkpoint")
+    load_leaving_new_modules(model, state, expected, "SAMUS checkpoint")
     return expected
 
 

@@ -6,7 +6,14 @@ State dicts use the official ``sam_vit_{b,l,h}`` key layout (``image_encoder.*``
 """
 
 from .build import DECODER_DEFAULTS, TINY_OVERRIDES, build_sam_vit, build_tiny_sam
-from .checkpoint import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, load_checkpoint, load_state_dict_file
+from .checkpoint import (
+    SAM_VIT_B_HINT,
+    CheckpointError,
+    extract_state_dict,
+    load_checkpoint,
+    load_leaving_new_modules,
+    load_state_dict_file,
+)
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import (
     ADAPTER_SLOTS,
@@ -21,7 +28,7 @@ from .image_encoder import (
     window_unpartition,
 )
 from .mask_decoder import MaskDecoder
-from .model import Sam
+from .model import GreySam, Sam, grey_to_rgb
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
 from .slots import AdapterSlots, ContextTap
 from .tiny_vit import TinyViT
@@ -31,6 +38,7 @@ __all__ = [
     "ADAPTER_SLOTS",
     "DECODER_ADAPTER_SLOTS",
     "ENCODER_HOOKS",
+    "GreySam",
     "SAM_VIT_B_HINT",
     "AdapterSlots",
     "Attention",
@@ -56,7 +64,9 @@ __all__ = [
     "build_sam_vit",
     "build_tiny_sam",
     "extract_state_dict",
+    "grey_to_rgb",
     "load_checkpoint",
+    "load_leaving_new_modules",
     "load_state_dict_file",
     "window_partition",
     "window_unpartition",

@@ -43,6 +43,7 @@ _ENCODER_KEYS = (
     "use_abs_pos",
     "norm_eps",
     "pos_embed_grid",
+    "pad_before_norm",
 )
 
 #: Overrides giving a SAM that runs in well under a second on CPU (64 px input, 4x4 token grid).
@@ -73,10 +74,11 @@ def build_sam_vit(
     """Build SAM with the ``preset`` ViT (``"vit_b"``, ``"vit_l"``, ``"vit_h"``) for ``image_size`` px input.
 
     ``overrides`` may set any encoder size (``patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-    qkv_bias, use_rel_pos, window_size, global_attn_indexes, use_abs_pos, norm_eps, pos_embed_grid``) or decoder
-    size (:data:`DECODER_DEFAULTS`: ``prompt_embed_dim`` is the neck/prompt/decoder width). The image embedding is
-    ``image_size // patch_size`` square. ``checkpoint`` loads a state dict with ``strict=True``
-    (``checkpoint_hint`` is added to the file-not-found message). ``device="meta"`` builds without memory.
+    qkv_bias, use_rel_pos, window_size, global_attn_indexes, use_abs_pos, norm_eps, pos_embed_grid,
+    pad_before_norm``) or decoder size (:data:`DECODER_DEFAULTS`: ``prompt_embed_dim`` is the neck/prompt/decoder
+    width). The image embedding is ``image_size // patch_size`` square. ``checkpoint`` loads a state dict with
+    ``strict=True`` (``checkpoint_hint`` is added to the file-not-found message). ``device="meta"`` builds without
+    memory.
     """
     if preset not in VIT_PRESETS:
         raise ValueError(f"unknown SAM preset {preset!r}; expected one of {sorted(VIT_PRESETS)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -17,7 +17,14 @@ from torch import nn
 
 from common.errors import BundleInputError, InputNotFoundError
 
-__all__ = ["SAM_VIT_B_HINT", "CheckpointError", "extract_state_dict", "load_checkpoint", "load_state_dict_file"]
+__all__ = [
+    "SAM_VIT_B_HINT",
+    "CheckpointError",
+    "extract_state_dict",
+    "load_checkpoint",
+    "load_leaving_new_modules",
+    "load_state_dict_file",
+]
 
 #: Where users get the official SAM ViT-B weights (methods that start from SAM).
 SAM_VIT_B_HINT = (
@@ -142,3 +149,20 @@ def load_checkpoint(
             lines.append(f"  {len(mismatched)} shape mismatch(es): {_first(mismatched, 4)}")
         raise CheckpointError("\n".join(lines))
     return model.load_state_dict(state, strict=strict, assign=assign)
+
+
+def load_leaving_new_modules(
+    model: nn.Module, state: Mapping[str, torch.Tensor], new_keys: Collection[str], what: str = "checkpoint"
+) -> None:
+    """Load ``state`` into ``model`` (e.g. an official SAM checkpoint into an adapted SAM): every model key except
+    ``new_keys`` must come from ``state``, none of ``new_keys`` may, and nothing may be left over; the methods'
+    published loaders load non-strictly, so a wrong checkpoint would pass silently. Raises :class:`CheckpointError`
+    naming the keys that break the rule (``what`` names the source)."""
+    missing, unexpected = load_checkpoint(model, state, strict=False)
+    if set(missing) != set(new_keys) or unexpected:
+        wrong = sorted(set(missing) - set(new_keys))[:5]
+        loaded_new = sorted(set(new_keys) - set(missing))[:5]
+        raise CheckpointError(
+            f"{what} does not fit {type(model).__name__}: missing non-new keys {wrong}, new-module keys found in "
+            f"the checkpoint {loaded_new}, unexpected keys {list(unexpected)[:5]}"
+        )

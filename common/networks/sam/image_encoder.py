@@ -192,6 +192,11 @@ class Block(AdapterSlots):
     returns only its branch (``Adapter(skip=False)``). Modules with ``uses_context`` also get the forward
     ``context`` (see :mod:`common.networks.sam.slots`). Unused slots are skipped and add no parameters or
     state-dict keys; used slots store parameters under ``adapters.{slot}.*``.
+
+    ``pad_before_norm`` (window blocks only): zero-pad the grid to a multiple of the window *before* ``norm1``, so
+    padded tokens enter attention as the LayerNorm bias (then through ``before_attn``), as SAMIHS's and upstream
+    MSA's code do; SAM pads after ``norm1`` (zeros). Not numerically neutral wherever the grid is not a multiple of
+    the window (addendum 3.3 item 5). ``before_attn`` then sees the padded grid.
     """
 
     SLOTS = ADAPTER_SLOTS
@@ -207,8 +212,10 @@ class Block(AdapterSlots):
         input_size: tuple[int, int] | None = None,
         norm_eps: float = 1e-6,
         act_layer: type[nn.Module] = nn.GELU,
+        pad_before_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.pad_before_norm = pad_before_norm
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
@@ -229,11 +236,23 @@ class Block(AdapterSlots):
             return window_unpartition(self.attn(windows), self.window_size, pad_hw, hw)
         return self.attn(xn)
 
+    def _normed_attention_input(self, x: torch.Tensor, context: dict[str, Any] | None) -> torch.Tensor:
+        """``before_attn(norm1(x))``: ``(B, H, W, C)``, or with ``pad_before_norm`` the zero-padded grid
+        ``(B, Hp, Wp, C)`` (the caller crops back to ``(H, W)``)."""
+        if not (self.pad_before_norm and self.window_size > 0):
+            return self._serial("before_attn", self.norm1(x), context)
+        h, w = x.shape[1], x.shape[2]
+        ws = self.window_size
+        padded = F.pad(x, (0, 0, 0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))
+        return self._serial("before_attn", self.norm1(padded), context)
+
     def forward(self, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor:
         x = self._serial("before_block", x, context)
         shortcut = x
-        xn = self._serial("before_attn", self.norm1(x), context)
-        a = self._serial("after_attn", self.attend(xn), context)
+        h, w = x.shape[1], x.shape[2]
+        xn = self._normed_attention_input(x, context)
+        a = self._serial("after_attn", self.attend(xn)[:, :h, :w], context)
+        xn = xn[:, :h, :w]
         a = self._parallel("parallel_attn", xn, a, context)
         x = shortcut + a
         xn = self._serial("before_mlp", self.norm2(x), context)
@@ -287,6 +306,9 @@ class ImageEncoderViT(nn.Module):
 
     ``context`` is one dict per forward (created when not given; pass your own to read what modules left in it),
     handed to every slot and hook module with ``uses_context``. With no hook set the forward is SAM's.
+
+    ``shared`` holds modules that several slot modules use (SAMIHS's shared adapter projections): the encoder owns
+    them (keys ``shared.{name}.*``), the slot modules keep plain references. ``pad_before_norm``: see :class:`Block`.
     """
 
     def __init__(
@@ -307,6 +329,7 @@ class ImageEncoderViT(nn.Module):
         norm_eps: float = 1e-6,
         act_layer: type[nn.Module] = nn.GELU,
         pos_embed_grid: int | None = None,
+        pad_before_norm: bool = False,
     ) -> None:
         super().__init__()
         bad = [i for i in global_attn_indexes if not 0 <= int(i) < depth]
@@ -339,6 +362,7 @@ class ImageEncoderViT(nn.Module):
                 input_size=(grid, grid),
                 norm_eps=norm_eps,
                 act_layer=act_layer,
+                pad_before_norm=pad_before_norm,
             )
             for i in range(depth)
         )
@@ -349,6 +373,7 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
         self.hooks = nn.ModuleDict()
+        self.shared = nn.ModuleDict()
 
     def set_adapters(
         self,

@@ -11,7 +11,7 @@ from torch import nn
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
-__all__ = ["Sam"]
+__all__ = ["GreySam", "Sam", "grey_to_rgb"]
 
 
 class Sam(nn.Module):
@@ -114,3 +114,33 @@ class Sam(nn.Module):
             multimask_output=multimask_output,
         )
         return (low_res, iou) if return_iou else low_res
+
+
+def grey_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Grey ``(B, 1, S, S)`` repeated to 3 channels (SAMUS and SAMIHS do it inside their encoders); 3 pass."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (B, 1 or 3, S, S) in [0, 1], got {tuple(images.shape)}")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class GreySam(Sam):
+    """:class:`Sam` for grey [0, 1] images ``(B, 1 or 3, S, S)`` (SAMUS, SAMIHS: ``"unit"`` pixels, repeated to 3
+    channels), with a switch for box prompts.
+
+    ``use_boxes=False`` reproduces SAMUS's and SAMIHS's published forward, which drops box prompts (only clicks, or
+    a dense mask, reach the prompt encoder); by default boxes given to :meth:`decode` / :meth:`forward` are used.
+    """
+
+    def __init__(self, *args, use_boxes: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.use_boxes = use_boxes
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(grey_to_rgb(images))
+
+    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, **kwargs):
+        if not self.use_boxes:
+            if point_coords is None and kwargs.get("mask_inputs") is None:
+                raise ValueError("use_boxes=False (the published code) ignores box prompts; give clicks")
+            boxes = None
+        return super().decode(image_embeddings, point_coords, point_labels, boxes, **kwargs)
