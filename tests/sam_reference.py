@@ -116,3 +116,12 @@ def prompt_cases(batch: int, size: int, n_points: int = 3, mask_hw: int | None =
         cases["points_mask"] = dict(points=(coords, labels), masks=masks)
         cases["mask"] = dict(masks=masks)
     return cases
+
+
+def sam_shaped_for_samus(samus_sizes: dict):
+    """Our SAM (random) whose encoder fits a SAMUS of ``samus_sizes`` as SAM ViT-B fits SAMUS at 256 px: the patch
+    kernel as patch size and an image of ``pos_embed_grid`` patches (so the position table has SAMUS's size)."""
+    skip = ("image_size", "patch_kernel", "patch_stride", "cnn_channels", "pos_embed_grid")
+    sizes = {k: v for k, v in samus_sizes.items() if k not in skip}
+    kernel = samus_sizes["patch_kernel"]
+    return build_sam_vit(image_size=samus_sizes["pos_embed_grid"] * kernel, patch_size=kernel, **sizes)

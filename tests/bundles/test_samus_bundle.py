@@ -35,7 +35,7 @@ from common.data.synthetic_ultrasound import write_synthetic_busi
 from common.data.ultrasound import busi_datalist, split_datalist
 from common.methods.samus import prompt_keys as samus_prompt_keys
 from common.networks import samus
-from common.networks.sam import build_sam_vit
+from tests.sam_reference import sam_shaped_for_samus
 
 TINY = samus.TINY_SIZES
 TINY_NET = {
@@ -72,11 +72,7 @@ def data_override(dataset: Path) -> dict:
 def sam_checkpoint(tmp_path_factory) -> Path:
     """A tiny SAM checkpoint shaped for the tiny SAMUS as SAM ViT-B is for SAMUS (kernel-8 patches, 16 x 16 table)."""
     torch.manual_seed(1)
-    sizes = {k: v for k, v in TINY.items() if k not in ("image_size", "patch_kernel", "patch_stride", "cnn_channels")}
-    sizes["pos_embed_grid"] = None
-    sam = build_sam_vit(
-        image_size=TINY["pos_embed_grid"] * TINY["patch_kernel"], patch_size=TINY["patch_kernel"], **sizes
-    )
+    sam = sam_shaped_for_samus(TINY)
     return save_weights(tmp_path_factory.mktemp("sam"), informative_positions(sam.state_dict()), "sam_tiny.pth")
 
 

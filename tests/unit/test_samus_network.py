@@ -15,8 +15,8 @@ from segment_anything.modeling.image_encoder import Block as RefBlock
 from torch import nn
 
 from common.networks import samus
-from common.networks.sam import CheckpointError, build_sam_vit
-from tests.sam_reference import randomise_
+from common.networks.sam import CheckpointError
+from tests.sam_reference import randomise_, sam_shaped_for_samus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
@@ -237,14 +237,8 @@ def test_zeroed_adapters_leave_sams_trunk():
 
 
 def _tiny_sam_checkpoint(seed: int = 0) -> dict:
-    """A SAM state dict whose encoder fits the tiny SAMUS as SAM ViT-B fits SAMUS: kernel-8 patches, 16x16 table."""
     torch.manual_seed(seed)
-    sizes = {k: v for k, v in TINY.items() if k not in ("image_size", "patch_kernel", "patch_stride", "cnn_channels")}
-    sizes["pos_embed_grid"] = None
-    sam = build_sam_vit(
-        image_size=TINY["pos_embed_grid"] * TINY["patch_kernel"], patch_size=TINY["patch_kernel"], **sizes
-    )
-    return randomise_(sam).state_dict()
+    return randomise_(sam_shaped_for_samus(TINY)).state_dict()
 
 
 def test_sam_initialisation_loads_every_sam_key_and_resizes_global_rel_pos():
