@@ -86,6 +86,21 @@ class LabelPromptsd(Randomizable, MapTransform):
         return d
 
 
+def _group_objects(point_classes: list[int], box_labels: list[int]) -> list[tuple[int, list[int], int | None]]:
+    """Objects as ``(label, click indices, box index or None)``: one per box; each click joins the box of its class
+    when exactly one box has that class, else the click-only object of its class (made on first use)."""
+    objects: list[tuple[int, list[int], int | None]] = [(label, [], i) for i, label in enumerate(box_labels)]
+    for i, cls in enumerate(point_classes):
+        boxes = [o for o in objects if o[0] == cls and o[2] is not None]
+        clicks_only = [o for o in objects if o[0] == cls and o[2] is None]
+        target = boxes[0] if len(boxes) == 1 else (clicks_only[0] if clicks_only else None)
+        if target is None:
+            target = (cls, [], None)
+            objects.append(target)
+        target[1].append(i)
+    return objects
+
+
 class UserPromptsd(MapTransform):
     """User prompts in pixel indices ``(x, y)`` of the file as a viewer shows it -> one prompt per object.
 
@@ -133,15 +148,7 @@ class UserPromptsd(MapTransform):
         b_labels = self._values(d, "box_labels", len(bxs), 1)
         if any(v < 1 or v > 255 for v in p_classes + b_labels):
             raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(p_classes + b_labels))}")
-        objects: list[tuple[int, list[int], int | None]] = [(lab, [], i) for i, lab in enumerate(b_labels)]
-        for i, cls in enumerate(p_classes):
-            owners = [o for o in objects if o[0] == cls and o[2] is not None]
-            clicks_only = [o for o in objects if o[0] == cls and o[2] is None]
-            target = owners[0] if len(owners) == 1 else (clicks_only[0] if clicks_only else None)
-            if target is None:
-                target = (cls, [], None)
-                objects.append(target)
-            target[1].append(i)
+        objects = _group_objects(p_classes, b_labels)
         scale = np.array([self.size / shape_xy[0], self.size / shape_xy[1]])
 
         def to_model(xy: np.ndarray) -> torch.Tensor:  # pixel centres to pixel centres of the stretched frame
