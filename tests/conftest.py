@@ -18,7 +18,7 @@ torchvision_standin.install_if_broken()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-REAL_DATA_FIXTURES = {"totalseg_dir", "totalseg_eval_dir", "ct3", "ultrasound_dir"}
+REAL_DATA_FIXTURES = {"totalseg_dir", "totalseg_eval_dir", "ct3", "ultrasound_dir", "lesions_dir"}
 
 
 def pytest_collection_modifyitems(items):
@@ -50,6 +50,13 @@ def _require(path: Path, marker: str, what: str) -> Path:
 def totalseg_dir() -> Path:
     """`../shared/data/totalseg_ct`: skipped when absent, except under CI=true where absence fails."""
     return _require(_shared_data_dir(), "ct_abdomen_3mm.nii.gz", "real CT data")
+
+
+@pytest.fixture(scope="session")
+def lesions_dir() -> Path:
+    """`../shared/data/lesions` (a chest CT and a brain MR with lesion masks, NRRD): skipped / failed as
+    ``totalseg_dir``."""
+    return _require(_shared_data_dir("lesions"), "brain1_image.nrrd", "real lesion data")
 
 
 @pytest.fixture(scope="session")

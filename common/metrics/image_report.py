@@ -6,6 +6,10 @@ mean and standard deviation over images, as SAMUS reports them. SAMUS's publishe
 its ``hausdorff`` call treats each image *row* of the 0/1 masks as one point and takes the Manhattan Hausdorff
 distance between the two sets of rows (addendum 3.3 item 1). It is available only as the labelled option
 ``upstream_row_hd`` (:func:`row_vector_hausdorff`), for comparison with the paper.
+
+Slices of volumes (SAMIHS: images whose meta holds ``slice_index``) are rows per slice, and the summary adds the
+published subset, ``positive_slices`` (slices with foreground: SAMIHS reports Dice and HD there only), and
+``volumes``: the 3-D Dice per volume from the slices' summed overlaps.
 """
 
 from __future__ import annotations
@@ -70,33 +74,53 @@ class ImageMetricsReport:
     def __init__(self, output_dir: str, name: str = "metrics", upstream_row_hd: bool = False) -> None:
         self.output_dir, self.name, self.upstream_row_hd = output_dir, name, upstream_row_hd
         self.rows: list[dict] = []
+        self.overlaps: dict[str, list[float]] = {}  # volume -> [intersection, prediction + target] over its slices
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
+        self.overlaps.clear()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def collect(self, engine: Engine) -> None:
         # an evaluator with decollated batches holds one dict per image
         for item in cast(Sequence[Mapping[str, Any]], engine.state.output):
-            label = item["label"]
-            source = getattr(item.get("image", label), "meta", {}).get("filename_or_obj", f"image_{len(self.rows)}")
-            scores = image_scores(item["pred"].detach().cpu(), label.detach().cpu(), self.upstream_row_hd)
-            row = {"image": output_stem(source), **{k: round(v, 4) for k, v in scores.items()}}
+            label, pred = item["label"].detach().cpu(), item["pred"].detach().cpu()
+            meta = getattr(item.get("image", item["label"]), "meta", {})
+            stem = output_stem(meta.get("filename_or_obj", f"image_{len(self.rows)}"))
+            scores = image_scores(pred, label, self.upstream_row_hd)
+            row: dict[str, Any] = {"image": stem}
+            if "slice_index" in meta:
+                p, t = pred > 0, label > 0
+                row.update(slice=int(meta["slice_index"]), positive=bool(t.any()))
+                counts = self.overlaps.setdefault(stem, [0.0, 0.0])
+                counts[0] += float((p & t).sum())
+                counts[1] += float(p.sum() + t.sum())
+            row.update({k: round(v, 4) for k, v in scores.items()})
             self.rows.append(row)
-            logger.info(f"{row['image']}: " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            where = f"{stem} slice {row['slice']}" if "slice" in row else stem
+            logger.info(f"{where}: " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        names = [k for k in self.rows[0] if k != "image"] if self.rows else list(METRICS)
-        return {k: _stats([r[k] for r in self.rows]) for k in names}
+    def summary(self) -> dict[str, Any]:
+        names = [k for k in self.rows[0] if k not in ("image", "slice", "positive")] if self.rows else list(METRICS)
+        out: dict[str, Any] = {k: _stats([r[k] for r in self.rows]) for k in names}
+        if self.overlaps:
+            positive = [r for r in self.rows if r["positive"]]
+            out["positive_slices"] = {k: _stats([r[k] for r in positive]) for k in names}
+            dice_3d = [2 * i / s if s > 0 else float("nan") for i, s in self.overlaps.values()]
+            out["volumes"] = {"dice_3d": _stats(dice_3d)}
+        return out
 
     def write(self, engine: Engine | None = None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
-        fields = ["image"] + [k for k in (self.rows[0] if self.rows else {}) if k != "image"]
+        fields = list(self.rows[0]) if self.rows else ["image"]
         lines = [",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in self.rows]
         write_text_atomic(os.path.join(self.output_dir, f"{self.name}.csv"), "\n".join(lines) + "\n")
         summary = self.summary()
         report = {"rows": self.rows, "summary": summary}
         write_text_atomic(os.path.join(self.output_dir, f"{self.name}.json"), json.dumps(report, indent=4) + "\n")
-        means = ", ".join(f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items())
+        means = ", ".join(f"{k} {v['mean']:.4f} +- {v['std']:.4f}" for k, v in summary.items() if "mean" in v)
         logger.info(f"{len(self.rows)} images: {means}; wrote {os.path.join(self.output_dir, self.name)}.csv/.json")

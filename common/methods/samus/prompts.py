@@ -23,7 +23,7 @@ from monai.transforms import MapTransform, Randomizable
 from common.errors import InvalidInputError
 from common.transforms.geometry import validate_boxes, validate_points
 
-__all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "prompt_keys"]
+__all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "object_prompts", "prompt_keys"]
 
 #: ``"click"``: one click (published); ``"box"``: the box alone; ``"click_and_box"``: both.
 PROMPTS = ("click", "box", "click_and_box")
@@ -44,17 +44,34 @@ def prompt_keys(prompt: str) -> dict[str, str]:
 class LabelPromptsd(Randomizable, MapTransform):
     """From a binary ``label`` ``(1, X, Y)``: ``point_coords (1, 2)`` float, ``point_labels (1,)`` int64 and
     ``boxes (4,)`` float ``[x0, y0, x1, y1]`` (rules in the module docstring). ``mode``: ``"random"`` or ``"fixed"``.
-    A box needs a foreground: items without one get the whole frame as box (``empty_box="frame"``) or an error."""
 
-    def __init__(self, label_key: str = "label", mode: str = "random", empty_box: str = "frame") -> None:
+    Without a foreground: ``empty_click="background"`` gives a background click with label 0 (SAMUS and SAMIHS as
+    published; addendum 3.3 item 8: for SAMIHS a GT-derived prompt whose embedding never trained), ``"none"`` a
+    padding point (label -1: SAM's "not a point" token, no information from the label); a box is the whole frame
+    (``empty_box="frame"``) or an error. ``coord_scale`` multiplies the coordinates (SAMIHS samples on its 512 px
+    mask and scales by 1024 / 512 for the encoder frame)."""
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        mode: str = "random",
+        empty_box: str = "frame",
+        empty_click: str = "background",
+        coord_scale: float = 1.0,
+    ) -> None:
         MapTransform.__init__(self, [label_key])
         if mode not in ("random", "fixed"):
             raise ValueError(f"mode must be 'random' or 'fixed', got {mode!r}")
         if empty_box not in ("frame", "error"):
             raise ValueError(f"empty_box must be 'frame' or 'error', got {empty_box!r}")
-        self.label_key, self.mode, self.empty_box = label_key, mode, empty_box
+        if empty_click not in ("background", "none"):
+            raise ValueError(f"empty_click must be 'background' or 'none', got {empty_click!r}")
+        self.label_key, self.mode, self.empty_box, self.empty_click = label_key, mode, empty_box, empty_click
+        self.coord_scale = float(coord_scale)
 
     def _click(self, fg_yx: np.ndarray, bg_yx: np.ndarray) -> tuple[list[float], int]:
+        if not len(fg_yx) and self.empty_click == "none":
+            return [0.0, 0.0], -1
         pixels, label = (fg_yx, 1) if len(fg_yx) else (bg_yx, 0)
         i = self.R.randint(len(pixels)) if self.mode == "random" else len(pixels) // 2
         y, x = pixels[i]
@@ -80,9 +97,9 @@ class LabelPromptsd(Randomizable, MapTransform):
         rows = label.T  # (Y, X): raster order is rows first
         fg, bg = np.argwhere(rows), np.argwhere(~rows)
         click, click_label = self._click(fg, bg)
-        d["point_coords"] = torch.tensor([click], dtype=torch.float32)
+        d["point_coords"] = torch.tensor([click], dtype=torch.float32) * self.coord_scale
         d["point_labels"] = torch.tensor([click_label], dtype=torch.int64)
-        d["boxes"] = torch.tensor(self._box(fg, label.shape), dtype=torch.float32)
+        d["boxes"] = torch.tensor(self._box(fg, label.shape), dtype=torch.float32) * self.coord_scale
         return d
 
 
@@ -99,6 +116,45 @@ def _group_objects(point_classes: list[int], box_labels: list[int]) -> list[tupl
             objects.append(target)
         target[1].append(i)
     return objects
+
+
+def object_prompts(
+    points: np.ndarray,
+    point_labels: list[int],
+    point_classes: list[int],
+    boxes: np.ndarray,
+    box_labels: list[int],
+    shape_xy: Sequence[int],
+    size: int,
+) -> dict[str, torch.Tensor]:
+    """Validated prompts of one ``(X, Y)`` frame (``points (N, 2)``, ``boxes (M, 4)`` in its pixels) -> the object
+    tensors of :class:`UserPromptsd` (``obj_*`` and ``out_size``) in the ``size`` px model frame."""
+    objects = _group_objects(point_classes, box_labels)
+    scale = np.array([size / shape_xy[0], size / shape_xy[1]])
+
+    def to_model(xy: np.ndarray) -> torch.Tensor:  # pixel centres to pixel centres of the stretched frame
+        return torch.as_tensor((xy + 0.5) * scale - 0.5, dtype=torch.float32)
+
+    n_obj, n_pts = len(objects), max([1] + [len(o[1]) for o in objects])
+    obj_points = torch.zeros(n_obj, n_pts, 2)
+    obj_point_labels = torch.full((n_obj, n_pts), -1, dtype=torch.int64)
+    obj_boxes = torch.zeros(n_obj, 4)
+    obj_has_box = torch.zeros(n_obj, dtype=torch.bool)
+    for k, (_, clicks, box) in enumerate(objects):
+        for j, i in enumerate(clicks):
+            obj_points[k, j] = to_model(points[i])
+            obj_point_labels[k, j] = point_labels[i]
+        if box is not None:
+            obj_boxes[k] = to_model(boxes[box].reshape(2, 2)).reshape(4)
+            obj_has_box[k] = True
+    return dict(
+        obj_points=obj_points,
+        obj_point_labels=obj_point_labels,
+        obj_boxes=obj_boxes,
+        obj_has_box=obj_has_box,
+        obj_labels=torch.tensor([o[0] for o in objects], dtype=torch.int64),
+        out_size=torch.tensor([shape_xy[1], shape_xy[0]]),
+    )
 
 
 class UserPromptsd(MapTransform):
@@ -148,32 +204,7 @@ class UserPromptsd(MapTransform):
         b_labels = self._values(d, "box_labels", len(bxs), 1)
         if any(v < 1 or v > 255 for v in p_classes + b_labels):
             raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(p_classes + b_labels))}")
-        objects = _group_objects(p_classes, b_labels)
-        scale = np.array([self.size / shape_xy[0], self.size / shape_xy[1]])
-
-        def to_model(xy: np.ndarray) -> torch.Tensor:  # pixel centres to pixel centres of the stretched frame
-            return torch.as_tensor((xy + 0.5) * scale - 0.5, dtype=torch.float32)
-
-        n_obj, n_pts = len(objects), max([1] + [len(o[1]) for o in objects])
-        obj_points = torch.zeros(n_obj, n_pts, 2)
-        obj_point_labels = torch.full((n_obj, n_pts), -1, dtype=torch.int64)
-        obj_boxes = torch.zeros(n_obj, 4)
-        obj_has_box = torch.zeros(n_obj, dtype=torch.bool)
-        for k, (_, clicks, box) in enumerate(objects):
-            for j, i in enumerate(clicks):
-                obj_points[k, j] = to_model(pts[i])
-                obj_point_labels[k, j] = p_labels[i]
-            if box is not None:
-                obj_boxes[k] = to_model(bxs[box].reshape(2, 2)).reshape(4)
-                obj_has_box[k] = True
-        d.update(
-            obj_points=obj_points,
-            obj_point_labels=obj_point_labels,
-            obj_boxes=obj_boxes,
-            obj_has_box=obj_has_box,
-            obj_labels=torch.tensor([o[0] for o in objects], dtype=torch.int64),
-            out_size=torch.tensor([shape_xy[1], shape_xy[0]]),
-        )
+        d.update(object_prompts(pts, p_labels, p_classes, bxs, b_labels, shape_xy, self.size))
         for key in ("points", "point_labels", "point_classes", "boxes", "box_labels"):
             d.pop(key, None)  # consumed: the raw lists would not collate
         return d

@@ -1,0 +1,230 @@
+"""samihs_ich bundle (SAMIHS) through MONAI's bundle machinery, with a tiny network.
+
+No CT-ICH or INSTANCE data offline: training and evaluation run on a synthetic CT-ICH layout (small int16 volumes,
+two haemorrhage slices per patient) with patient-level folds, which proves the slice pipeline, prompts, loss,
+validation and the per-slice / per-patient report, not ICH accuracy. Inference runs on the real lesion volumes of
+``../shared/data/lesions`` (a brain MR and a chest CT, NRRD) with clicks and boxes in file voxel indices.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from ignite.engine import Events
+from monai.bundle import verify_net_in_out
+from workflow_utils import (
+    checked_properties,
+    expect_failure,
+    files_left,
+    load_strict,
+    make_workflow,
+    run_inference,
+    run_workflow,
+    save_weights,
+)
+
+from common.data import ich
+from common.networks import samihs
+from common.networks.sam import build_sam_vit
+from tests.sam_reference import randomise_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_ich_data import write_layout  # noqa: E402  (the synthetic CT-ICH layout of the datalist tests)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
+
+TINY = samihs.TINY_SIZES
+TINY_NET = {
+    "_target_": "common.networks.samihs.build_samihs",
+    **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+}
+TINY_LOW = 4 * TINY["image_size"] // TINY["patch_size"]
+TINY_CFG = {"network_def": TINY_NET, "image_size": TINY["image_size"], "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def configs(repo_root) -> Path:
+    return repo_root / "bundles" / "samihs_ich" / "configs"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Synthetic CT-ICH (8 x 8 x 6 volumes, 9 patients) and a patient-level fold datalist."""
+    root = write_layout(tmp_path_factory.mktemp("ich"), "bcihm", patients=9)
+    slices = ich.slice_datalist(str(root), ich.volume_datalist(str(root), "bcihm"))
+    (root / "datalist.json").write_text(json.dumps(ich.fold_datalists(slices, fold=0, num_folds=3, val_fraction=0.2)))
+    return root
+
+
+def data_override(dataset: Path) -> dict:
+    return {"dataset_dir": str(dataset), "datalist_file": str(dataset / "datalist.json"), "label_size": 8, **TINY_CFG}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_weights(tmp_path_factory.mktemp("samihs_weights"), samihs.build_samihs(**TINY).state_dict())
+
+
+def test_verify_net_in_out(configs):
+    s = TINY["image_size"]
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        network_def=TINY_NET,
+        extra_forward_args={
+            "point_coords": torch.tensor([[[10.0, 12.0]]]),
+            "point_labels": torch.ones(1, 1, dtype=torch.long),
+        },
+        **{
+            "_meta_#network_data_format#inputs#image#spatial_shape": [s, s],
+            "_meta_#network_data_format#outputs#pred#spatial_shape": [TINY_LOW, TINY_LOW],
+        },
+    )
+
+
+def test_metadata_matches_published_sizes(configs):
+    meta = json.loads((configs / "metadata.json").read_text())
+    assert "4,238,992 of 93,909,904" in meta["description"]
+    train = json.loads((configs / "train.json").read_text())
+    published = (
+        train["image_size"],
+        train["label_size"],
+        train["low_res_size"],
+        train["batch_size"],
+        train["learning_rate"],
+    )
+    assert published == (1024, 512, 256, 2, 5e-4) and train["lr_step_epochs"] == 30
+
+
+def test_train_from_sam(configs, dataset, tmp_path):
+    torch.manual_seed(1)
+    sam = save_weights(
+        tmp_path,
+        randomise_(
+            build_sam_vit(
+                image_size=TINY["image_size"],
+                **{k: v for k, v in TINY.items() if k not in ("image_size", "bottleneck")},
+            )
+        ).state_dict(),
+        "sam.pth",
+    )
+    wf = make_workflow(
+        configs,
+        "train.json",
+        "train",
+        **{
+            **data_override(dataset),
+            "ckpt_dir": str(tmp_path / "ckpt"),
+            "output_dir": str(tmp_path / "runs"),
+            "low_res_size": TINY_LOW,
+            "sam_checkpoint": str(sam),
+            "epochs": 2,
+        },
+    )
+    wf.initialize()
+    assert checked_properties(wf) == []
+    net = wf.parser.get_parsed_content("network")
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    wf.run()
+    wf.finalize()
+    assert files_left(tmp_path / "ckpt") == ["model.pt"]
+    saved = load_strict(tmp_path / "ckpt" / "model.pt", samihs.build_samihs(**TINY))
+    sam_state = torch.load(str(sam), weights_only=True)
+    encoder_sam = {k for k in sam_state if k.startswith("image_encoder.")}
+    parameters = {n for n, _ in net.named_parameters()}
+    decoders = {k for k in parameters if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    assert trainable == set(samihs.new_module_keys(net)) | decoders
+    assert all(torch.equal(saved[k], sam_state[k]) for k in encoder_sam)  # SAM's encoder stays frozen
+    assert any(not torch.equal(saved[k], sam_state[k]) for k in sam_state if k.startswith("mask_decoder."))
+
+
+@pytest.mark.parametrize("empty_click", ["none", "background"])
+def test_evaluate_reports_slices_positive_slices_and_patients(configs, dataset, tiny_weights, tmp_path, empty_click):
+    out = tmp_path / "eval"
+    wf = make_workflow(
+        configs,
+        ["inference.json", "evaluate.json"],
+        "infer",
+        output_dir=str(out),
+        ckpt_path=str(tiny_weights),
+        empty_click=empty_click,
+        **data_override(dataset),
+    )
+    wf.initialize()
+    assert checked_properties(wf) == []
+    labels = []
+    wf.evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: labels.extend(int(b["point_labels"][0]) for b in e.state.batch)
+    )
+    wf.run()
+    wf.finalize()
+    assert files_left(out) == ["metrics.csv", "metrics.json"]
+    report = json.loads((out / "metrics.json").read_text())
+    test = json.loads((dataset / "datalist.json").read_text())["test"]
+    assert [(r["image"], r["slice"]) for r in report["rows"]] == [(t["patient"], t["slice"]) for t in test]
+    assert {"positive_slices", "volumes"} <= set(report["summary"])
+    assert report["summary"]["volumes"]["dice_3d"]["images"] == len({t["patient"] for t in test})
+    empty_label = -1 if empty_click == "none" else 0  # no GT-derived prompt on empty slices (default) vs upstream
+    assert sorted(set(labels)) == sorted({1, empty_label})
+
+
+@pytest.mark.parametrize(
+    "name, prompt, prompted",
+    [
+        ("brain1", {"points": [[190, 102, 15]]}, {15}),
+        ("brain1", {"boxes": [[170, 85, 13, 210, 125, 16]]}, {13, 14, 15, 16}),
+        ("lung1", {"points": [[260, 300, 33], [100, 100, 33]], "point_labels": [1, 0]}, {33}),
+    ],
+    ids=["brain_click", "brain_box", "lung_clicks"],
+)
+def test_inference_on_real_lesion_volumes(configs, tiny_weights, tmp_path, lesions_dir, name, prompt, prompted):
+    """NRRD volume + clicks/boxes in file voxel indices -> a NIfTI label volume on the input's grid; only the
+    prompted slices can hold labels."""
+    image = lesions_dir / f"{name}_image.nrrd"
+    out = tmp_path / "out"
+    wf = run_inference(configs, out, {"image": str(image), **prompt}, ckpt_path=str(tiny_weights), **TINY_CFG)
+    assert checked_properties(wf) == []
+    assert files_left(out) == [f"{name}_image_seg.nii.gz"]
+    seg = nib.load(str(out / f"{name}_image_seg.nii.gz"))
+    ref = sitk.ReadImage(str(image))
+    assert seg.shape == ref.GetSize()
+    np.testing.assert_allclose(np.abs(np.diag(seg.affine))[:3], ref.GetSpacing(), atol=1e-4)
+    data = np.asarray(seg.dataobj)
+    assert {int(z) for z in np.nonzero(data.any(axis=(0, 1)))[0]} <= prompted
+
+
+@pytest.mark.parametrize("prompt, fragment", [({"points": [[300, 10, 3]]}, "outside the image"), ({}, "no prompt")])
+def test_inference_bad_prompts_write_nothing(configs, tiny_weights, tmp_path, lesions_dir, prompt, fragment):
+    out = tmp_path / "out"
+    expect_failure(
+        lambda: make_workflow(
+            configs,
+            "inference.json",
+            "infer",
+            output_dir=str(out),
+            input_dict={"image": str(lesions_dir / "brain1_image.nrrd"), **prompt},
+            ckpt_path=str(tiny_weights),
+            **TINY_CFG,
+        ),
+        out,
+        fragment,
+    )
+
+
+def test_default_inference_input_runs(configs, tiny_weights, tmp_path):
+    """The built-in default (pydicom's one-slice CT_small.dcm, a click at its centre): a smoke run of the defaults."""
+    out = tmp_path / "out"
+    run_workflow(
+        make_workflow(configs, "inference.json", "infer", output_dir=str(out), ckpt_path=str(tiny_weights), **TINY_CFG)
+    )
+    assert files_left(out) == ["CT_small_seg.nii.gz"]
