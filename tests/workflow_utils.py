@@ -62,6 +62,28 @@ def checked_properties(wf: ConfigWorkflow):
         pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
 
 
+def verify_clicked_2d_net(configs: Path, network_def: dict, image_size: int, low_res_size: int) -> None:
+    """MONAI's ``verify_net_in_out`` for a 2-D click-prompted bundle (SAMUS, SAMIHS) at tiny sizes: ``image_size``
+    square input, one click, ``low_res_size`` square logits."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        network_def=network_def,
+        extra_forward_args={
+            "point_coords": torch.tensor([[[10.0, 12.0]]]),
+            "point_labels": torch.ones(1, 1, dtype=torch.long),
+        },
+        **{
+            "_meta_#network_data_format#inputs#image#spatial_shape": [image_size, image_size],
+            "_meta_#network_data_format#outputs#pred#spatial_shape": [low_res_size, low_res_size],
+        },
+    )
+
+
 def run_workflow(wf: ConfigWorkflow) -> ConfigWorkflow:
     """initialize, run and (always) finalize."""
     wf.initialize()

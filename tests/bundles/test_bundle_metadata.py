@@ -26,7 +26,8 @@ def test_every_bundle_is_checked():
     tests = {p.name: p.read_text() for p in Path(__file__).parent.glob("test_*.py")}
     for name in names:
         own = "".join(text for file, text in tests.items() if file.startswith(f"test_{name.split('_')[0]}"))
-        assert "verify_net_in_out(" in own, f"{name}: no verify_net_in_out test"
+        verified = "verify_net_in_out(" in own or "verify_clicked_2d_net(" in own  # the latter wraps the former
+        assert verified, f"{name}: no verify_net_in_out test"
         assert '"train"' in own and '"infer"' in own and "checked_properties(wf)" in own, (
             f"{name}: check_properties not run for both its train and inference workflows"
         )

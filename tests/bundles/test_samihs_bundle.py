@@ -18,7 +18,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 from ignite.engine import Events
-from monai.bundle import verify_net_in_out
 from workflow_utils import (
     checked_properties,
     expect_failure,
@@ -28,6 +27,7 @@ from workflow_utils import (
     run_inference,
     run_workflow,
     save_weights,
+    verify_clicked_2d_net,
 )
 
 from common.data import ich
@@ -74,22 +74,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 def test_verify_net_in_out(configs):
-    s = TINY["image_size"]
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        device="cpu",
-        network_def=TINY_NET,
-        extra_forward_args={
-            "point_coords": torch.tensor([[[10.0, 12.0]]]),
-            "point_labels": torch.ones(1, 1, dtype=torch.long),
-        },
-        **{
-            "_meta_#network_data_format#inputs#image#spatial_shape": [s, s],
-            "_meta_#network_data_format#outputs#pred#spatial_shape": [TINY_LOW, TINY_LOW],
-        },
-    )
+    verify_clicked_2d_net(configs, TINY_NET, TINY["image_size"], TINY_LOW)
 
 
 def test_metadata_matches_published_sizes(configs):

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import verify_net_in_out
 from PIL import Image
 from workflow_utils import (
     checked_properties,
@@ -29,6 +28,7 @@ from workflow_utils import (
     run_bundle_torchrun,
     run_inference,
     save_weights,
+    verify_clicked_2d_net,
 )
 
 from common.data.synthetic_ultrasound import write_synthetic_busi
@@ -84,22 +84,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- network, meta
 def test_verify_net_in_out(configs):
-    s = TINY["image_size"]
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        device="cpu",
-        network_def=TINY_NET,
-        extra_forward_args={
-            "point_coords": torch.tensor([[[10.0, 12.0]]]),
-            "point_labels": torch.ones(1, 1, dtype=torch.long),
-        },
-        **{
-            "_meta_#network_data_format#inputs#image#spatial_shape": [s, s],
-            "_meta_#network_data_format#outputs#pred#spatial_shape": [TINY_LOW, TINY_LOW],
-        },
-    )
+    verify_clicked_2d_net(configs, TINY_NET, TINY["image_size"], TINY_LOW)
 
 
 def test_metadata_matches_published_sizes(configs):

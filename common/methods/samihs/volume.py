@@ -8,17 +8,14 @@ Slice preprocessing (spec 3.5, ``utils/data_ihs.py``): clip to the slice's 0.05 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
-from common.errors import InvalidInputError
 from common.methods.samus.inferer import ObjectPromptInferer
-from common.methods.samus.prompts import object_prompts
-from common.transforms.geometry import validate_boxes, validate_points
+from common.methods.samus.prompts import object_prompts, read_user_prompts
 
 __all__ = ["PERCENTILES", "VolumePromptsd", "VolumeSlicePromptInferer", "slice_to_model"]
 
@@ -44,30 +41,12 @@ class VolumePromptsd(MapTransform):
     def __init__(self, keys: KeysCollection = "image") -> None:
         super().__init__(keys)
 
-    @staticmethod
-    def _ints(d, key: str, n: int, default: int) -> list[int]:
-        values = d.get(key)
-        values = [default] * n if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
-        if len(values) != n:
-            raise InvalidInputError(f"'{key}': {len(values)} value(s) for {n} prompt(s)")
-        return values
-
     def __call__(self, data):
         d = dict(data)
         ref = self.first_key(d)
         image = d[ref]
         source = str(getattr(image, "meta", {}).get("filename_or_obj", ref))
-        shape = list(image.shape[1:])
-        if d.get("points") is None and d.get("boxes") is None:
-            raise InvalidInputError(f"{source}: no prompt; give 'points' ([[x, y, z], ...]) and/or 'boxes'")
-        pts = np.zeros((0, 3)) if d.get("points") is None else validate_points(d["points"], shape, source, "points")
-        bxs = np.zeros((0, 6)) if d.get("boxes") is None else validate_boxes(d["boxes"], shape, source, "boxes")
-        labels = self._ints(d, "point_labels", len(pts), 1)
-        if any(v not in (0, 1) for v in labels):
-            raise InvalidInputError(f"'point_labels' must be 1 (positive) or 0 (negative), got {labels}")
-        classes, box_labels = self._ints(d, "point_classes", len(pts), 1), self._ints(d, "box_labels", len(bxs), 1)
-        if any(v < 1 or v > 255 for v in classes + box_labels):
-            raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(classes + box_labels))}")
+        pts, labels, classes, bxs, box_labels = read_user_prompts(d, list(image.shape[1:]), source)
         n, m = max(1, len(pts)), max(1, len(bxs))
         out = {
             "points": torch.zeros(n, 3),

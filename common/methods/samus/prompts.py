@@ -14,7 +14,7 @@ Which prompts reach the network is the config's ``prompt`` choice (:data:`PROMPT
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from monai.transforms import MapTransform, Randomizable
 from common.errors import InvalidInputError
 from common.transforms.geometry import validate_boxes, validate_points
 
-__all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "object_prompts", "prompt_keys"]
+__all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "object_prompts", "prompt_keys", "read_user_prompts"]
 
 #: ``"click"``: one click (published); ``"box"``: the box alone; ``"click_and_box"``: both.
 PROMPTS = ("click", "box", "click_and_box")
@@ -118,6 +118,36 @@ def _group_objects(point_classes: list[int], box_labels: list[int]) -> list[tupl
     return objects
 
 
+def _ints(d: Mapping, key: str, n: int, default: int) -> list[int]:
+    values = d.get(key)
+    values = [default] * n if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
+    if len(values) != n:
+        raise InvalidInputError(f"'{key}': {len(values)} value(s) for {n} prompt(s)")
+    return values
+
+
+def read_user_prompts(
+    d: Mapping, shape: Sequence[int], source: str
+) -> tuple[np.ndarray, list[int], list[int], np.ndarray, list[int]]:
+    """Validated ``points`` ``(N, D)``, ``point_labels`` (1 / 0), ``point_classes``, ``boxes`` ``(M, 2 D)`` (float)
+    and ``box_labels`` (output labels 1..255) of an item, against an image of ``shape`` (file pixel/voxel indices,
+    ``D = len(shape)``); the optional keys default to 1. At least one click or box is needed."""
+    form = "[[x, y], ...]" if len(shape) == 2 else "[[x, y, z], ...]"
+    if d.get("points") is None and d.get("boxes") is None:
+        raise InvalidInputError(f"{source}: no prompt; give 'points' ({form}) and/or 'boxes'")
+    dim = len(shape)
+    pts = np.zeros((0, dim)) if d.get("points") is None else validate_points(d["points"], shape, source, "points")
+    raw_boxes = d.get("boxes")
+    bxs = np.zeros((0, 2 * dim)) if raw_boxes is None else validate_boxes(raw_boxes, shape, source, "boxes")
+    p_labels = _ints(d, "point_labels", len(pts), 1)
+    if any(v not in (0, 1) for v in p_labels):
+        raise InvalidInputError(f"'point_labels' must be 1 (positive) or 0 (negative), got {p_labels}")
+    p_classes, b_labels = _ints(d, "point_classes", len(pts), 1), _ints(d, "box_labels", len(bxs), 1)
+    if any(v < 1 or v > 255 for v in p_classes + b_labels):
+        raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(p_classes + b_labels))}")
+    return pts, p_labels, p_classes, bxs.astype(float), b_labels
+
+
 def object_prompts(
     points: np.ndarray,
     point_labels: list[int],
@@ -177,33 +207,13 @@ class UserPromptsd(MapTransform):
         super().__init__([ref_key])
         self.ref_key, self.size = ref_key, int(size)
 
-    @staticmethod
-    def _values(d, key: str, n: int, default: int) -> list[int]:
-        values = d.get(key)
-        values = [default] * n if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
-        if len(values) != n:
-            raise InvalidInputError(f"'{key}': {len(values)} value(s) for {n} prompt(s)")
-        return values
-
     def __call__(self, data):
         d = dict(data)
         image = d[self.ref_key]
         meta = getattr(image, "meta", {})
         source = str(meta.get("filename_or_obj", self.ref_key))
         shape_xy = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:]))]
-        points = d.get("points")
-        boxes = d.get("boxes")
-        if points is None and boxes is None:
-            raise InvalidInputError(f"{source}: no prompt; give 'points' ([[x, y], ...]) and/or 'boxes'")
-        pts = np.zeros((0, 2)) if points is None else validate_points(points, shape_xy, source, "points")
-        bxs = np.zeros((0, 4)) if boxes is None else validate_boxes(boxes, shape_xy, source, "boxes").astype(float)
-        p_labels = self._values(d, "point_labels", len(pts), 1)
-        if any(v not in (0, 1) for v in p_labels):
-            raise InvalidInputError(f"'point_labels' must be 1 (positive) or 0 (negative), got {p_labels}")
-        p_classes = self._values(d, "point_classes", len(pts), 1)
-        b_labels = self._values(d, "box_labels", len(bxs), 1)
-        if any(v < 1 or v > 255 for v in p_classes + b_labels):
-            raise InvalidInputError(f"output labels must be 1..255, got {sorted(set(p_classes + b_labels))}")
+        pts, p_labels, p_classes, bxs, b_labels = read_user_prompts(d, shape_xy, source)
         d.update(object_prompts(pts, p_labels, p_classes, bxs, b_labels, shape_xy, self.size))
         for key in ("points", "point_labels", "point_classes", "boxes", "box_labels"):
             d.pop(key, None)  # consumed: the raw lists would not collate
