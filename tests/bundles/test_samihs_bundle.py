@@ -24,6 +24,7 @@ from workflow_utils import (
     files_left,
     load_strict,
     make_workflow,
+    run_bundle_torchrun,
     run_inference,
     run_workflow,
     save_weights,
@@ -213,3 +214,23 @@ def test_default_inference_input_runs(configs, tiny_weights, tmp_path):
         make_workflow(configs, "inference.json", "infer", output_dir=str(out), ckpt_path=str(tiny_weights), **TINY_CFG)
     )
     assert files_left(out) == ["CT_small_seg.nii.gz"]
+
+
+def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    tiny = tmp_path / "tiny.json"
+    overrides = {
+        **data_override(dataset),
+        "ckpt_dir": str(ckpt_dir),
+        "output_dir": str(tmp_path / "runs"),
+        "low_res_size": TINY_LOW,
+        "epochs": 1,
+        "init_from_sam": False,
+    }
+    tiny.write_text(json.dumps(overrides))
+    output = run_bundle_torchrun(
+        [configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root, timeout=240
+    )
+    assert "val_mean_dice" in output
+    assert files_left(ckpt_dir) == ["model.pt"]
+    load_strict(ckpt_dir / "model.pt", samihs.build_samihs(**TINY))
