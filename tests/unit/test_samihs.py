@@ -228,3 +228,26 @@ def test_fold_tool_writes_a_plain_sam_checkpoint(tmp_path):
     assert diff is not None and diff < 1e-4
     folded = torch.load(tmp_path / "out" / "sam.pt", weights_only=True)
     build_sam_vit(image_size=TINY["image_size"], **SAM_SIZES).load_state_dict(folded, strict=True)
+
+
+def test_inference_slice_preprocessing_is_the_training_pipeline():
+    """slice_to_model (volume inference) equals the train/evaluate configs' slice transforms, SAM layout."""
+    from monai.transforms import ClipIntensityPercentilesd, Compose, ScaleIntensityd
+
+    from common.methods.samihs import slice_to_model
+    from common.methods.samus.frames import ResizeFramed
+    from common.transforms.sam_input import ToSamLayoutd
+
+    ct = torch.randn(40, 30, generator=torch.Generator().manual_seed(0)) * 300 + 40  # (X, Y) in HU
+    pipeline = Compose(
+        [
+            ClipIntensityPercentilesd("image", lower=0.05, upper=99.5),
+            ResizeFramed("image", 64, "bilinear"),
+            ScaleIntensityd("image", minv=0.0, maxv=1.0),
+            ToSamLayoutd("image"),
+        ]
+    )
+    expected = torch.as_tensor(pipeline({"image": ct[None]})["image"])
+    got = slice_to_model(ct, 64)
+    assert got.shape == (1, 1, 64, 64) and float(got.min()) == 0.0 and float(got.max()) == 1.0
+    torch.testing.assert_close(got[0], expected)

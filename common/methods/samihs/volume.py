@@ -9,11 +9,11 @@ Slice preprocessing (spec 3.5, ``utils/data_ihs.py``): clip to the slice's 0.05 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.inferers import Inferer
-from monai.transforms import MapTransform
+from monai.transforms import ClipIntensityPercentiles, MapTransform, ScaleIntensity
 
+from common.methods.samus.frames import resize_frame
 from common.methods.samus.inferer import ObjectPromptInferer
 from common.methods.samus.prompts import object_prompts, read_user_prompts
 
@@ -24,13 +24,12 @@ PERCENTILES = (0.05, 99.5)
 
 
 def slice_to_model(slice_xy: torch.Tensor, size: int, percentiles=PERCENTILES) -> torch.Tensor:
-    """One slice ``(X, Y)`` -> the encoder input ``(1, 1, size, size)`` in SAM layout (rows along y), [0, 1]."""
-    x = slice_xy.double()
-    low, high = (torch.quantile(x.flatten(), q / 100.0) for q in percentiles)
-    x = x.clamp(low, high).t()[None, None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    span = x.max() - x.min()
-    return (x - x.min()) / span if span > 0 else torch.zeros_like(x)
+    """One slice ``(X, Y)`` -> the encoder input ``(1, 1, size, size)`` in SAM layout (rows along y), [0, 1]: the
+    transforms of the bundle's training pipeline (``ClipIntensityPercentiles``, :func:`resize_frame`,
+    ``ScaleIntensity``), so inference sees what training saw."""
+    x = ClipIntensityPercentiles(lower=percentiles[0], upper=percentiles[1])(slice_xy[None].float())
+    x = ScaleIntensity(minv=0.0, maxv=1.0)(resize_frame(torch.as_tensor(x), size, "bilinear"))
+    return torch.as_tensor(x).transpose(-1, -2)[None]
 
 
 class VolumePromptsd(MapTransform):

@@ -14,7 +14,17 @@ from monai.transforms import MapTransform
 
 from common.errors import InvalidInputError
 
-__all__ = ["ResizeFramed", "SelectClassd"]
+__all__ = ["ResizeFramed", "SelectClassd", "resize_frame"]
+
+
+def resize_frame(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """``(C, X, Y) -> (C, size, size)`` plain tensor by :class:`ResizeFramed`'s rules (``mode`` ``"bilinear"`` or
+    ``"nearest"``; nearest keeps the dtype)."""
+    if mode == "bilinear":
+        return F.interpolate(x[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
+    return F.interpolate(x[None].float(), size=(size, size), mode="nearest-exact")[0].to(x.dtype)
 
 
 class ResizeFramed(MapTransform):
@@ -32,12 +42,7 @@ class ResizeFramed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]
-            if self.mode == "bilinear":
-                out = F.interpolate(
-                    x[None].float(), size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-                )[0]
-            else:
-                out = F.interpolate(x[None].float(), size=(self.size, self.size), mode="nearest-exact")[0].to(x.dtype)
+            out = resize_frame(x, self.size, self.mode)
             if hasattr(x, "meta"):
                 out = type(x)(out, meta=dict(x.meta))
                 out.meta["model_frame"] = self.size
