@@ -33,11 +33,10 @@ from workflow_utils import (
 
 from common.data import ich
 from common.networks import samihs
-from common.networks.sam import build_sam_vit
-from tests.sam_reference import randomise_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_ich_data import write_layout  # noqa: E402  (the synthetic CT-ICH layout of the datalist tests)
+from test_samihs import tiny_sam_checkpoint  # noqa: E402  (the tiny SAM checkpoint of the network tests)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
 
@@ -93,17 +92,7 @@ def test_metadata_matches_published_sizes(configs):
 
 
 def test_train_from_sam(configs, dataset, tmp_path):
-    torch.manual_seed(1)
-    sam = save_weights(
-        tmp_path,
-        randomise_(
-            build_sam_vit(
-                image_size=TINY["image_size"],
-                **{k: v for k, v in TINY.items() if k not in ("image_size", "bottleneck")},
-            )
-        ).state_dict(),
-        "sam.pth",
-    )
+    sam = save_weights(tmp_path, tiny_sam_checkpoint(seed=1), "sam.pth")
     wf = make_workflow(
         configs,
         "train.json",

@@ -123,14 +123,15 @@ def test_pr_adapter_is_the_linear_map_of_the_spec():
     assert not any(k.endswith("projection") for k in adapter.state_dict())  # shared, owned by the encoder
 
 
-def _tiny_sam_checkpoint():
-    torch.manual_seed(2)
+def tiny_sam_checkpoint(seed: int = 2) -> dict:
+    """A random SAM state dict in the official layout at the sizes of the tiny SAMIHS (shared with the bundle tests)."""
+    torch.manual_seed(seed)
     return randomise_(build_sam_vit(image_size=TINY["image_size"], **SAM_SIZES)).state_dict()
 
 
 def test_sam_loading_leaves_exactly_the_new_keys():
     model = samihs.build_samihs(**TINY)
-    state = _tiny_sam_checkpoint()
+    state = tiny_sam_checkpoint()
     left = samihs.load_sam_weights(model, state)
     assert set(left) == set(samihs.new_module_keys(model))
     assert {k.split(".")[1] for k in left} == {"shared", "blocks"}
