@@ -91,6 +91,29 @@ def test_metadata_matches_published_sizes(configs):
     assert published == (1024, 512, 256, 2, 5e-4) and train["lr_step_epochs"] == 30
 
 
+def test_brain_window_option_reaches_training_evaluation_and_inference(configs, dataset):
+    """One ``window`` key switches the slice preprocessing of every config (published percentile clip by default)."""
+    from monai.bundle import ConfigParser
+
+    from common.methods.samihs import SliceToModeld
+
+    def windows(files: list[str], section: str, **override) -> list:
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({**data_override(dataset), **override})
+        transforms = parser.get_parsed_content(section).transforms
+        return [t.window for t in transforms if isinstance(t, SliceToModeld)]
+
+    assert windows(["train.json"], "train#preprocessing") == [None]
+    assert windows(["train.json"], "train#preprocessing", window="brain") == ["brain"]
+    layered = ["inference.json", "evaluate.json"]
+    assert windows(layered, "preprocessing", window=[40, 80]) == [[40, 80]]
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser.update({"window": "brain"})
+    assert parser.get_parsed_content("inferer").window == "brain"
+
+
 def test_train_from_sam(configs, dataset, tmp_path):
     sam = save_weights(tmp_path, tiny_sam_checkpoint(seed=1), "sam.pth")
     wf = make_workflow(

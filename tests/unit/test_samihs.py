@@ -231,11 +231,12 @@ def test_fold_tool_writes_a_plain_sam_checkpoint(tmp_path):
     build_sam_vit(image_size=TINY["image_size"], **SAM_SIZES).load_state_dict(folded, strict=True)
 
 
-def test_inference_slice_preprocessing_is_the_training_pipeline():
-    """slice_to_model (volume inference) equals the train/evaluate configs' slice transforms, SAM layout."""
+def test_slice_preprocessing_is_the_published_chain_and_inference_uses_it():
+    """SliceToModeld (train/evaluate configs) and slice_to_model (volume inference) both equal the published chain
+    written out with MONAI transforms: percentile clip, bilinear resize, min-max; SAM layout for inference."""
     from monai.transforms import ClipIntensityPercentilesd, Compose, ScaleIntensityd
 
-    from common.methods.samihs import slice_to_model
+    from common.methods.samihs import SliceToModeld, slice_to_model
     from common.methods.samus.frames import ResizeFramed
     from common.transforms.sam_input import ToSamLayoutd
 
@@ -252,3 +253,25 @@ def test_inference_slice_preprocessing_is_the_training_pipeline():
     got = slice_to_model(ct, 64)
     assert got.shape == (1, 1, 64, 64) and float(got.min()) == 0.0 and float(got.max()) == 1.0
     torch.testing.assert_close(got[0], expected)
+    in_config = ToSamLayoutd("image")(SliceToModeld("image", 64)({"image": ct[None]}))["image"]
+    torch.testing.assert_close(torch.as_tensor(in_config), expected)
+
+
+def test_brain_window_keeps_hounsfield_meaning():
+    """window="brain" maps 0..80 HU to 0..1 (no per-slice min-max): a 40 HU slice is 0.5 everywhere, air and bone
+    clip to 0 and 1, and the same HU gives the same value on two slices with different ranges."""
+    from common.methods.samihs import SliceToModeld, slice_to_model
+
+    flat = torch.full((32, 32), 40.0)
+    assert torch.allclose(slice_to_model(flat, 16, window="brain"), torch.full((1, 1, 16, 16), 0.5))
+    a = torch.full((32, 32), 20.0)
+    a[:4] = -1000.0  # air
+    b = torch.full((32, 32), 20.0)
+    b[:4] = 1500.0  # bone
+    out_a, out_b = slice_to_model(a, 32, window="brain"), slice_to_model(b, 32, window="brain")
+    assert float(out_a[0, 0, 16, 16]) == pytest.approx(0.25) and float(out_b[0, 0, 16, 16]) == pytest.approx(0.25)
+    assert float(out_a.min()) == 0.0 and float(out_b.max()) == 1.0
+    published = slice_to_model(a, 32)  # min-max per slice: 20 HU is the top of this slice's range
+    assert float(published[0, 0, 16, 16]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown CT window"):
+        SliceToModeld("image", 32, window="brian")

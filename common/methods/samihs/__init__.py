@@ -2,6 +2,14 @@
 :mod:`common.networks.samihs`; loss: :mod:`common.losses`; datalists: :mod:`common.data.ich`. SAMIHS derives from
 SAMUS, so the click and box rules and the per-object inferer are SAMUS's (:mod:`common.methods.samus`)."""
 
-from .volume import PERCENTILES, VolumePromptsd, VolumeSlicePromptInferer, slice_to_model
+from .slice_input import PERCENTILES, SliceToModeld, slice_intensity_to_model
+from .volume import VolumePromptsd, VolumeSlicePromptInferer, slice_to_model
 
-__all__ = ["PERCENTILES", "VolumePromptsd", "VolumeSlicePromptInferer", "slice_to_model"]
+__all__ = [
+    "PERCENTILES",
+    "SliceToModeld",
+    "VolumePromptsd",
+    "VolumeSlicePromptInferer",
+    "slice_intensity_to_model",
+    "slice_to_model",
+]

@@ -1,8 +1,7 @@
 """SAMIHS on head-CT volumes: each prompted axial slice to the 1024 px model frame with the published per-slice
 preprocessing, one embedding per slice, one decoder call per object, and the label maps back into the volume.
 
-Slice preprocessing (spec 3.5, ``utils/data_ihs.py``): clip to the slice's 0.05 and 99.5 percentiles (0.05, not
-0.5), resize to 1024 x 1024 (bilinear), then min-max to [0, 1]; no HU window. Prompts are file voxel indices
+Slice preprocessing: :mod:`common.methods.samihs.slice_input` (the published percentile clip, or a CT window). Prompts are file voxel indices
 ``[x, y, z]`` (clicks) and ``[x0, y0, z0, x1, y1, z1]`` (boxes, one 2-D box on each slice ``z0..z1``).
 """
 
@@ -11,25 +10,18 @@ from __future__ import annotations
 import torch
 from monai.config import KeysCollection
 from monai.inferers import Inferer
-from monai.transforms import ClipIntensityPercentiles, MapTransform, ScaleIntensity
+from monai.transforms import MapTransform
 
-from common.methods.samus.frames import resize_frame
+from common.methods.samihs.slice_input import PERCENTILES, slice_intensity_to_model
 from common.methods.samus.inferer import ObjectPromptInferer
 from common.methods.samus.prompts import object_prompts, read_user_prompts
 
 __all__ = ["PERCENTILES", "VolumePromptsd", "VolumeSlicePromptInferer", "slice_to_model"]
 
-#: The published per-slice clip (lower, upper) percentiles.
-PERCENTILES = (0.05, 99.5)
-
-
-def slice_to_model(slice_xy: torch.Tensor, size: int, percentiles=PERCENTILES) -> torch.Tensor:
-    """One slice ``(X, Y)`` -> the encoder input ``(1, 1, size, size)`` in SAM layout (rows along y), [0, 1]: the
-    transforms of the bundle's training pipeline (``ClipIntensityPercentiles``, :func:`resize_frame`,
-    ``ScaleIntensity``), so inference sees what training saw."""
-    x = ClipIntensityPercentiles(lower=percentiles[0], upper=percentiles[1])(slice_xy[None].float())
-    x = ScaleIntensity(minv=0.0, maxv=1.0)(resize_frame(torch.as_tensor(x), size, "bilinear"))
-    return torch.as_tensor(x).transpose(-1, -2)[None]
+def slice_to_model(slice_xy: torch.Tensor, size: int, window=None, percentiles=PERCENTILES) -> torch.Tensor:
+    """One slice ``(X, Y)`` -> the encoder input ``(1, 1, size, size)`` in SAM layout (rows along y), [0, 1], by
+    the training pipeline's own :func:`~common.methods.samihs.slice_input.slice_intensity_to_model`."""
+    return slice_intensity_to_model(slice_xy[None], size, window, percentiles).transpose(-1, -2)[None]
 
 
 class VolumePromptsd(MapTransform):
@@ -68,8 +60,8 @@ class VolumeSlicePromptInferer(Inferer):
     :class:`VolumePromptsd` writes them, batch 1) -> label map ``(1, 1, X, Y, Z)`` int64; slices without a prompt
     stay 0. Per slice: :func:`slice_to_model`, then :class:`~common.methods.samus.inferer.ObjectPromptInferer`."""
 
-    def __init__(self, image_size: int = 1024, percentiles=PERCENTILES) -> None:
-        self.image_size, self.percentiles = int(image_size), tuple(percentiles)
+    def __init__(self, image_size: int = 1024, window=None, percentiles=PERCENTILES) -> None:
+        self.image_size, self.window, self.percentiles = int(image_size), window, tuple(percentiles)
         self.objects = ObjectPromptInferer()
 
     def __call__(self, inputs, network, points, point_labels, point_classes, boxes, box_labels):
@@ -95,7 +87,7 @@ class VolumeSlicePromptInferer(Inferer):
                 (sx, sy),
                 self.image_size,
             )
-            image = slice_to_model(inputs[0, 0, :, :, z], self.image_size, self.percentiles).to(inputs.device)
+            image = slice_to_model(inputs[0, 0, :, :, z], self.image_size, self.window, self.percentiles).to(inputs.device)
             batch = {k: v[None].to(inputs.device) for k, v in prompts.items()}
             out[0, 0, :, :, z] = self.objects(image, network, **batch)[0, 0].t()
         return out
