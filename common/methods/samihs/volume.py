@@ -1,8 +1,9 @@
 """SAMIHS on head-CT volumes: each prompted axial slice to the 1024 px model frame with the published per-slice
 preprocessing, one embedding per slice, one decoder call per object, and the label maps back into the volume.
 
-Slice preprocessing: :mod:`common.methods.samihs.slice_input` (the published percentile clip, or a CT window). Prompts are file voxel indices
-``[x, y, z]`` (clicks) and ``[x0, y0, z0, x1, y1, z1]`` (boxes, one 2-D box on each slice ``z0..z1``).
+Slice preprocessing: :mod:`common.methods.samihs.slice_input` (the published percentile clip, or a CT window).
+Prompts are file voxel indices ``[x, y, z]`` (clicks) and ``[x0, y0, z0, x1, y1, z1]`` (boxes, one 2-D box on each
+slice ``z0..z1``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from common.methods.samus.inferer import ObjectPromptInferer
 from common.methods.samus.prompts import object_prompts, read_user_prompts
 
 __all__ = ["PERCENTILES", "VolumePromptsd", "VolumeSlicePromptInferer", "slice_to_model"]
+
 
 def slice_to_model(slice_xy: torch.Tensor, size: int, window=None, percentiles=PERCENTILES) -> torch.Tensor:
     """One slice ``(X, Y)`` -> the encoder input ``(1, 1, size, size)`` in SAM layout (rows along y), [0, 1], by
@@ -87,7 +89,9 @@ class VolumeSlicePromptInferer(Inferer):
                 (sx, sy),
                 self.image_size,
             )
-            image = slice_to_model(inputs[0, 0, :, :, z], self.image_size, self.window, self.percentiles).to(inputs.device)
+            image = slice_to_model(inputs[0, 0, :, :, z], self.image_size, self.window, self.percentiles).to(
+                inputs.device
+            )
             batch = {k: v[None].to(inputs.device) for k, v in prompts.items()}
             out[0, 0, :, :, z] = self.objects(image, network, **batch)[0, 0].t()
         return out
