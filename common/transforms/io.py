@@ -49,14 +49,15 @@ def _write_png(array_xy: np.ndarray, path: str, scale: int | str) -> None:
 
 
 class AtomicSaveImaged(MapTransform):
-    """Write ``keys`` as ``<output_dir>/<image stem>_<postfix><ext>`` with the tensor's affine.
+    """Write ``keys`` as ``<output_dir>[/<subfolder>]/<image stem>[_<postfix>]<ext>`` with the tensor's affine.
 
     The array is channel-first ``(1, X, Y[, Z])`` with meta (``filename_or_obj``, ``affine``), e.g. after
     ``Invertd`` restored the input geometry; ``meta_key`` takes the meta from another item instead (its
     ``original_affine`` when present: the input's grid). ``output_ext``: ``".nii.gz"``/``".nii"`` (NIfTI),
     ``".png"`` (2-D, 8-bit grey, rows along y; values times ``png_scale``, default ``"auto"``: binary maps as 0/255), or
-    ``"auto"``: PNG for raster inputs (``meta["source_format"] == "raster"``), NIfTI otherwise. Sets
-    ``meta["saved_to"]`` to the written path.
+    ``"auto"``: PNG for raster inputs (``meta["source_format"] == "raster"``), NIfTI otherwise. ``subfolder_key``:
+    an item key naming a sub-folder (e.g. a video clip, to mirror a ``GT/<clip>/`` tree); an empty
+    ``output_postfix`` keeps the input's stem as the name. Sets ``meta["saved_to"]`` to the written path.
     """
 
     def __init__(
@@ -69,10 +70,12 @@ class AtomicSaveImaged(MapTransform):
         allow_missing_keys: bool = False,
         meta_key: str | None = None,
         png_scale: int | str = "auto",
+        subfolder_key: str | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.output_postfix, self.output_ext = output_dir, output_postfix, output_ext
         self.output_dtype, self.meta_key, self.png_scale = output_dtype, meta_key, png_scale
+        self.subfolder_key = subfolder_key
 
     def __call__(self, data):
         d = dict(data)
@@ -84,11 +87,18 @@ class AtomicSaveImaged(MapTransform):
             ext = self.output_ext
             if ext == "auto":
                 ext = ".png" if meta.get("source_format") == "raster" else ".nii.gz"
-            os.makedirs(self.output_dir, exist_ok=True)
-            final = os.path.join(self.output_dir, f"{stem}_{self.output_postfix}{ext}")
+            folder = self.output_dir
+            if self.subfolder_key is not None:
+                sub = str(d[self.subfolder_key])
+                if not sub or sub != Path(sub).name or sub in (".", ".."):
+                    raise ValueError(f"'{self.subfolder_key}' must be one folder name, got {sub!r}")
+                folder = os.path.join(folder, sub)
+            os.makedirs(folder, exist_ok=True)
+            name = f"{stem}_{self.output_postfix}" if self.output_postfix else stem
+            final = os.path.join(folder, f"{name}{ext}")
             array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0]
             affine = np.asarray(meta.get("original_affine" if self.meta_key else "affine", np.eye(4)), np.float64)
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=ext, dir=self.output_dir)
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=ext, dir=folder)
             os.close(fd)
             os.chmod(tmp, 0o666 & ~_UMASK)
             try:

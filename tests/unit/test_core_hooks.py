@@ -283,3 +283,23 @@ def test_forward_with_dense_mask_prompt_matches_reference(with_points):
             x, point_coords=None if points is None else points[0], point_labels=None if points is None else points[1]
         )
     assert (low - without_mask).abs().max() > 1e-3  # the mask prompt is used
+
+
+def test_mask_present_mixes_frames_with_and_without_a_mask_prompt():
+    """mask_present (B,): the items marked absent decode exactly as without any mask (no_mask_embed), the others as
+    with their mask; a wrong shape or a flag without masks is refused."""
+    _, ours, size = tiny_pair("pad_10_to_12")
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(2, 3, size, size, generator=g)
+    masks = torch.randn(2, 1, *ours.prompt_encoder.mask_input_size, generator=g) * 5
+    with torch.no_grad():
+        mixed = ours(x, mask_inputs=masks, mask_present=torch.tensor([True, False]))
+        with_masks = ours(x, mask_inputs=masks)
+        without = ours(x)
+    torch.testing.assert_close(mixed[0], with_masks[0])
+    torch.testing.assert_close(mixed[1], without[1])
+    assert (with_masks[1] - without[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="mask_present"):
+        ours(x, mask_present=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="mask_present"):
+        ours(x, mask_inputs=masks, mask_present=torch.tensor([True]))

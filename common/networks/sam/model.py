@@ -51,6 +51,7 @@ class Sam(nn.Module):
         mask_inputs: torch.Tensor | None = None,
         multimask_output: bool = False,
         decoder_inputs: Mapping[str, Any] | None = None,
+        mask_present: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for prompts on precomputed embeddings.
 
@@ -61,6 +62,7 @@ class Sam(nn.Module):
             mask_inputs: ``(B, 1, 4He, 4We)`` dense mask prompt in logit scale (SAM was trained on its own previous
                 low-res logits; background must be negative, not 0): replaces ``no_mask_embed`` through
                 ``mask_downscaling``. May be the only prompt.
+            mask_present: ``(B,)`` bool with ``mask_inputs``: items whose mask is absent get ``no_mask_embed``.
             multimask_output: return the 3 ambiguity masks instead of the single-mask token.
             decoder_inputs: further keyword inputs of the mask decoder (e.g. HQ-SAM's early encoder features).
 
@@ -79,7 +81,11 @@ class Sam(nn.Module):
             )
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, dense = self.prompt_encoder(
-            points=points, boxes=boxes, masks=mask_inputs, batch_size=image_embeddings.shape[0]
+            points=points,
+            boxes=boxes,
+            masks=mask_inputs,
+            batch_size=image_embeddings.shape[0],
+            mask_present=mask_present,
         )
         return self.mask_decoder(
             image_embeddings=image_embeddings,
@@ -99,10 +105,11 @@ class Sam(nn.Module):
         multimask_output: bool = False,
         return_iou: bool = False,
         mask_inputs: torch.Tensor | None = None,
+        mask_present: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Encode ``images (B, C, S, S)`` and decode the prompts (as :meth:`decode`, ``mask_inputs`` being dense
-        mask prompts ``(B, 1, 4S/p, 4S/p)`` in logit scale): ``low_res_logits (B, M, 4S/p, 4S/p)``
-        (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou`` also ``iou_predictions (B, M)``
+        mask prompts ``(B, 1, 4S/p, 4S/p)`` in logit scale, ``mask_present`` which of them are real):
+        ``low_res_logits (B, M, 4S/p, 4S/p)`` (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou`` also ``iou_predictions (B, M)``
         (training the IoU head goes through ``forward`` so DistributedDataParallel sees it)."""
         embeddings = self.encode(images)
         low_res, iou = self.decode(
@@ -112,6 +119,7 @@ class Sam(nn.Module):
             boxes=boxes,
             mask_inputs=mask_inputs,
             multimask_output=multimask_output,
+            mask_present=mask_present,
         )
         return (low_res, iou) if return_iou else low_res
 

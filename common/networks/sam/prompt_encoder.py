@@ -69,7 +69,8 @@ class PromptEncoder(nn.Module):
       point gives N = 2 tokens.
     * boxes ``(B, 4)`` or ``(B, K, 4)`` as ``[x0, y0, x1, y1]`` px: two corner tokens per box.
     * masks ``(B, 1, 4*He, 4*We)`` logits: downscaled to the dense embedding; without a mask the dense embedding
-      is ``no_mask_embed`` everywhere.
+      is ``no_mask_embed`` everywhere. ``mask_present (B,)`` bool (optional) marks the batch items whose mask is
+      real; the others get ``no_mask_embed`` (a batch mixing frames with and without a mask prompt).
     """
 
     def __init__(
@@ -159,11 +160,14 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         batch_size: int | None = None,
+        mask_present: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse ``(B, N, embed_dim)`` and dense ``(B, embed_dim, He, We)`` embeddings (see class docstring).
 
         ``batch_size`` sets B only when no prompt is given (default 1).
         """
+        if mask_present is not None and (masks is None or tuple(mask_present.shape) != (masks.shape[0],)):
+            raise ValueError("mask_present must be (B,) and come with masks (B, 1, H, W)")
         bs = self._batch_size(points, boxes, masks, batch_size)
         weight = self.no_mask_embed.weight
         device = weight.device  # prompts may arrive on another device (e.g. CPU transforms)
@@ -177,8 +181,10 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
         sparse_embeddings = torch.cat(sparse, dim=1)
-        if masks is not None:
-            dense = self.mask_downscaling(masks)
-        else:
-            dense = weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
+        no_mask = weight.reshape(1, -1, 1, 1).expand(bs, -1, *self.image_embedding_size)
+        if masks is None:
+            return sparse_embeddings, no_mask
+        dense = self.mask_downscaling(masks)
+        if mask_present is not None:
+            dense = torch.where(mask_present.to(device).reshape(-1, 1, 1, 1).bool(), dense, no_mask)
         return sparse_embeddings, dense
