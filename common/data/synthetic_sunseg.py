@@ -66,7 +66,7 @@ def _external_map(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     blob = np.hypot(yy - rng.uniform(0.1, 0.9) * h, xx - rng.uniform(0.1, 0.9) * w) < 0.06 * min(h, w)
     prob = ndimage.gaussian_filter(np.maximum(shifted, 0.6 * blob), 0.02 * min(h, w))
     prob = np.clip(prob + 0.05 * ndimage.gaussian_filter(rng.standard_normal((h, w)), 2), 0, 1)
-    small = Image.fromarray((prob * 255).astype(np.uint8)).resize(PNS_MAP_SIZE[::-1], Image.BILINEAR)
+    small = Image.fromarray((prob * 255).astype(np.uint8)).resize(PNS_MAP_SIZE[::-1], Image.Resampling.BILINEAR)
     return np.asarray(small)
 
 

@@ -109,8 +109,9 @@ class Sam(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Encode ``images (B, C, S, S)`` and decode the prompts (as :meth:`decode`, ``mask_inputs`` being dense
         mask prompts ``(B, 1, 4S/p, 4S/p)`` in logit scale, ``mask_present`` which of them are real):
-        ``low_res_logits (B, M, 4S/p, 4S/p)`` (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou`` also ``iou_predictions (B, M)``
-        (training the IoU head goes through ``forward`` so DistributedDataParallel sees it)."""
+        ``low_res_logits (B, M, 4S/p, 4S/p)`` (``(B, 1, 256, 256)`` for 1024 px, patch 16); with ``return_iou``
+        also ``iou_predictions (B, M)`` (training the IoU head goes through ``forward`` so DistributedDataParallel
+        sees it)."""
         embeddings = self.encode(images)
         low_res, iou = self.decode(
             embeddings,
