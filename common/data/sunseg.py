@@ -3,30 +3,56 @@ and the external network's probability maps ``<maps>/<clip>/<frame>.png`` (PNS+'
 
 Items: ``{"image": <split>/Frame/<clip>/<name>.jpg, "label": <split>/GT/<clip>/<name>.png, "clip", "frame",
 "mask_prompt": <maps>/<clip>/<name>.png}`` (absolute paths; the tree is the datalist), frames in each clip in the
-toolbox's order (:func:`frame_sort_key`). SUN-SEG may not be redistributed: tests use synthetic trees with the same
+toolbox's order (:func:`frame_sort_key`, as ``eval/vps_evaluator.py`` sorts). SUN-SEG may not be redistributed: tests use synthetic trees with the same
 layout.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import InputNotFoundError, InvalidInputError
 
-__all__ = ["FRAME_SUFFIXES", "MAP_SOURCES", "clip_split", "frame_sort_key", "sunseg_datalist", "training_clips"]
+__all__ = [
+    "FRAME_SUFFIXES",
+    "MAP_SOURCES",
+    "clip_split",
+    "frame_sort_key",
+    "inference_datalist",
+    "sunseg_datalist",
+    "training_clips",
+]
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def frame_sort_key(name: str) -> tuple:
-    """Order of a clip's frames: by the number after ``image`` in SUN-SEG names (``..._image123.jpg``), else by the
-    last number in the name, then the name."""
-    stem = Path(name).stem
-    found = re.search(r"image(\d+)$", stem) or re.search(r"(\d+)(?!.*\d)", stem)
-    return (int(found.group(1)) if found else -1, stem)
+def frame_sort_key(name: str | os.PathLike) -> tuple[int, ...]:
+    """Sort key of a clip's frame file (name or path): ``(n,)`` for ``<n>.png``, else ``(k, n)`` for SUN-SEG names
+    ``..._a<k>_..._image<n>.png`` (segment, then frame; numeric, so ``image9`` < ``image10`` and ``a9`` < ``a10``).
+
+    The toolbox's key also holds the clip folder's number, which is constant within a clip.
+    """
+    base = os.path.basename(os.fspath(name))
+    stem = base[: -len(".png")] if base.endswith(".png") else os.path.splitext(base)[0]
+    try:
+        return (int(stem),)
+    except ValueError:
+        pass
+    try:
+        return int(stem.split("_a")[1].split("_")[0]), int(stem.split("_image")[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"cannot order frame {base!r}: expected '<n>.png' or '..._a<k>_..._image<n>.png'") from None
+
+
+def _frame_order(name: str) -> tuple:
+    """:func:`frame_sort_key` where it applies (SUN-SEG names, numbered frames), else by name after them."""
+    try:
+        return (0, frame_sort_key(name), "")
+    except ValueError:
+        return (1, (), name)
 
 
 def _frames(folder: Path) -> list[Path]:
@@ -110,3 +136,22 @@ def training_clips(
         raise InvalidInputError("map_source 'external' needs maps_dir (the external network's maps)")
     items = sunseg_datalist(split_dir, maps_dir if map_source == "external" else None, require_maps=True)
     return clip_split(items, val_fraction, seed)
+
+
+def inference_datalist(
+    split_dir: str | None, maps_dir: str | None = None, video: str | None = None, input_dict: dict | None = None
+) -> list[dict]:
+    """What the polyp bundle segments: one frame (``input_dict``: ``image``, optional ``mask_prompt``, clicks,
+    boxes; written to the output folder itself), the frames of a ``video`` file, or every clip of a SUN-SEG split
+    folder (``split_dir``, GT not needed); ``maps_dir`` holds the external maps of the latter two."""
+    if input_dict:
+        if "image" not in input_dict:
+            raise InvalidInputError("input_dict needs 'image' (a frame file)")
+        return [{"clip": "", "frame": Path(str(input_dict["image"])).stem, **input_dict}]
+    if video:
+        from common.data.video import video_datalist
+
+        return video_datalist(video, maps_dir)
+    if not split_dir:
+        raise InvalidInputError("give dataset_dir (a SUN-SEG split folder), video, or input_dict")
+    return sunseg_datalist(split_dir, maps_dir, require_labels=False)

@@ -2,11 +2,13 @@
 redistributed; no frames of it are in the repository).
 
 Each clip: a reddish mucosa texture with folds and a vignette, lit from the centre; a polyp (a lighter, lobulated
-bump with a specular highlight) drifting smoothly across the frames. Written as
+bump with a specular highlight) drifting smoothly across the frames, and a look-alike that is not annotated (as
+bubbles or residue can be), so the frame alone does not say which bump is the polyp. Written as
 ``<root>/Frame/<clip>/<clip>_a1_ayy_image<k>.jpg`` and ``<root>/GT/<clip>/...png`` (0/255), and optionally the
 external network's maps ``<maps>/<clip>/...png`` at PNS+'s 256 x 448 (uint8 probabilities): the true polyp shifted,
 blurred, with a missed part and a false-positive blob, so a model that reads the frame can improve on the map. What
-a model learns here is the task's structure (refine a noisy map from the image), not SUN-SEG's appearance.
+a model learns here is the task's structure (pick the object with the map, its outline from the image), not SUN-SEG's
+appearance.
 """
 
 from __future__ import annotations
@@ -42,17 +44,22 @@ def synthetic_clip(
     start = np.array([rng.uniform(0.35, 0.65) * h, rng.uniform(0.3, 0.5) * w])
     velocity = np.array([rng.uniform(-0.01, 0.01) * h, rng.uniform(0.005, 0.02) * w])
     radius = rng.uniform(0.10, 0.16) * min(h, w)
+    decoy = np.array([h, w]) - start + rng.uniform(-0.1, 0.1, 2) * [h, w]  # the look-alike, across the frame
     images, masks = [], []
     for k in range(frames):
-        cy, cx = start + k * velocity
-        mask = _polyp(h, w, cy, cx, radius, 0.2 * k)
-        bump = ndimage.gaussian_filter(mask.astype(float), 2.0)
-        shade = light * (0.75 + 0.1 * folds + 0.05 * texture) + 0.18 * bump
-        highlight = np.exp(-((yy * h - cy + 0.4 * radius) ** 2 + (xx * w - cx + 0.3 * radius) ** 2) / (0.02 * h * w))
-        rgb = np.stack([0.85 * shade, 0.42 * shade + 0.12 * bump, 0.35 * shade], axis=-1)
-        rgb = rgb + 0.5 * (highlight * mask)[..., None] + 0.02 * rng.standard_normal((h, w, 3))
+        centres = [start + k * velocity, decoy - 0.5 * k * velocity]
+        bumps = [_polyp(h, w, cy, cx, radius, 0.2 * k + j) for j, (cy, cx) in enumerate(centres)]
+        rgb = np.zeros((h, w, 3))
+        shade = light * (0.75 + 0.1 * folds + 0.05 * texture)
+        for (cy, cx), bump in zip(centres, bumps, strict=True):
+            soft = ndimage.gaussian_filter(bump.astype(float), 2.0)
+            shade = shade + 0.18 * soft
+            rgb[..., 1] += 0.12 * soft
+            spot = np.exp(-((yy * h - cy + 0.4 * radius) ** 2 + (xx * w - cx + 0.3 * radius) ** 2) / (0.02 * h * w))
+            rgb += 0.5 * (spot * bump)[..., None]
+        rgb += np.stack([0.85 * shade, 0.42 * shade, 0.35 * shade], axis=-1) + 0.02 * rng.standard_normal((h, w, 3))
         images.append((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-        masks.append(mask)
+        masks.append(bumps[0] & ~bumps[1])
     return images, masks
 
 

@@ -56,7 +56,7 @@ class AtomicSaveImaged(MapTransform):
     ``original_affine`` when present: the input's grid). ``output_ext``: ``".nii.gz"``/``".nii"`` (NIfTI),
     ``".png"`` (2-D, 8-bit grey, rows along y; values times ``png_scale``, default ``"auto"``: binary maps as 0/255), or
     ``"auto"``: PNG for raster inputs (``meta["source_format"] == "raster"``), NIfTI otherwise. ``subfolder_key``:
-    an item key naming a sub-folder (e.g. a video clip, to mirror a ``GT/<clip>/`` tree); an empty
+    an item key naming a sub-folder (e.g. a video clip, to mirror a ``GT/<clip>/`` tree; empty: none); an empty
     ``output_postfix`` keeps the input's stem as the name. Sets ``meta["saved_to"]`` to the written path.
     """
 
@@ -88,9 +88,9 @@ class AtomicSaveImaged(MapTransform):
             if ext == "auto":
                 ext = ".png" if meta.get("source_format") == "raster" else ".nii.gz"
             folder = self.output_dir
-            if self.subfolder_key is not None:
-                sub = str(d[self.subfolder_key])
-                if not sub or sub != Path(sub).name or sub in (".", ".."):
+            sub = "" if self.subfolder_key is None else str(d.get(self.subfolder_key) or "")
+            if sub:
+                if sub != Path(sub).name or sub in (".", ".."):
                     raise ValueError(f"'{self.subfolder_key}' must be one folder name, got {sub!r}")
                 folder = os.path.join(folder, sub)
             os.makedirs(folder, exist_ok=True)
