@@ -3,8 +3,8 @@ and the external network's probability maps ``<maps>/<clip>/<frame>.png`` (PNS+'
 
 Items: ``{"image": <split>/Frame/<clip>/<name>.jpg, "label": <split>/GT/<clip>/<name>.png, "clip", "frame",
 "mask_prompt": <maps>/<clip>/<name>.png}`` (absolute paths; the tree is the datalist), frames in each clip in the
-toolbox's order (:func:`frame_sort_key`, as ``eval/vps_evaluator.py`` sorts). SUN-SEG may not be redistributed: tests use synthetic trees with the same
-layout.
+toolbox's order (:func:`frame_sort_key`, as ``eval/vps_evaluator.py`` sorts). SUN-SEG may not be redistributed:
+tests use synthetic trees with the same layout.
 """
 
 from __future__ import annotations

@@ -100,9 +100,9 @@ def video_datalist(video: str, maps_dir: str | None = None) -> list[dict]:
 
 
 class LoadFramed(MapTransform):
-    """A frame ``(3, X, Y)`` (RGB; ``(1, X, Y)`` for grey files) float 0..255 MetaTensor from an image file (MONAI ``LoadImage``, Pillow) or, when
-    the item has ``index_key``, from that frame of a video (meta ``filename_or_obj`` = ``<video>/<frame name>.png``,
-    so outputs are named after the frame; ``spatial_shape`` ``(X, Y)``)."""
+    """A frame ``(3, X, Y)`` (RGB; ``(1, X, Y)`` for grey files) float 0..255 MetaTensor from an image file (MONAI
+    ``LoadImage``, Pillow) or, when the item has ``index_key``, from that frame of a video (meta ``filename_or_obj``
+    = ``<video>/<frame name>.png``, so outputs are named after the frame; ``spatial_shape`` ``(X, Y)``)."""
 
     def __init__(self, keys: KeysCollection = "image", index_key: str = "frame_index") -> None:
         super().__init__(keys)
