@@ -8,7 +8,9 @@ maps for the video are read from ``<maps>/<stem>/00001.png ...``. Frames are dec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +54,8 @@ class VideoFrames:
             raise InvalidInputError(f"{self.path}: not a readable video ({err})") from err
         if self._count == 0:
             raise InvalidInputError(f"{self.path}: no decodable frames")
-        self._container = None
-        self._frames = None
+        self._container: Any = None
+        self._frames: Iterator[Any] | None = None
         self._next = 0
 
     def __len__(self) -> int:
@@ -61,8 +63,8 @@ class VideoFrames:
 
     def _reopen(self) -> None:
         self.close()
-        self._container = _av().open(self.path)
-        self._frames = self._container.decode(video=0)
+        container: Any = _av().open(self.path)
+        self._container, self._frames = container, iter(container.decode(video=0))
         self._next = 0
 
     def frame(self, index: int) -> np.ndarray:
@@ -70,8 +72,7 @@ class VideoFrames:
             raise IndexError(f"{self.path}: frame {index} outside 0..{self._count - 1}")
         if self._frames is None or index < self._next:
             self._reopen()
-        assert self._frames is not None
-        for decoded in self._frames:
+        for decoded in self._frames or ():
             self._next += 1
             if self._next - 1 == index:
                 return decoded.to_ndarray(format="rgb24")
