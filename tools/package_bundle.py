@@ -52,6 +52,7 @@ DISTRIBUTIONS = {
     "fire": "fire",
     "yaml": "pyyaml",
     "PIL": "pillow",
+    "av": "av",
 }
 CORE = {"monai", "torch", "numpy", "common"}
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-TESTS_PER_FILE = {"medsam": 3, "3dsam_pancreas": 3, "msa": 3, "samus_busi": 3, "samihs_ich": 3}
+TESTS_PER_FILE = {"medsam": 3, "3dsam_pancreas": 3, "msa": 3, "samus_busi": 3, "samihs_ich": 3, "samihs_polyp": 3}
 TIMEOUT_S = 600
 
 

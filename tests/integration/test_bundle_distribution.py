@@ -29,7 +29,7 @@ from common.networks.samus import build_samus
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import package_bundle  # noqa: E402
 
-BUNDLES = ["medsam", "3dsam_pancreas", "msa", "samus_busi", "samihs_ich"]
+BUNDLES = ["medsam", "3dsam_pancreas", "msa", "samus_busi", "samihs_ich", "samihs_polyp"]
 VENV_INSTALL_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import check_pins  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["medsam", "3dsam_pancreas", "msa", "samus_busi", "samihs_ich"])
+@pytest.mark.parametrize("name", ["medsam", "3dsam_pancreas", "msa", "samus_busi", "samihs_ich", "samihs_polyp"])
 def test_pins_install_on_every_supported_python(repo_root, name):
     assert check_pins.check(str(repo_root / "bundles" / name)) == []
 
