@@ -7,7 +7,11 @@ This task runs the bundle's own ``inference.json`` pieces the way ``python -m mo
    (:mod:`common.label.request_prompts`), before preprocessing, so the bundle's transforms map them to its grid;
 2. the bundle's ``preprocessing``; then the ``inferer`` with the keyword inputs that the bundle's evaluator
    passes (``evaluator#prepare_batch#extra_keys``), collated as its DataLoader would;
-3. the bundle's ``postprocessing`` (its file writer dropped; MONAI Label writes the label map).
+3. the bundle's ``postprocessing`` (its file writer dropped; MONAI Label writes the label map), thresholded at
+   ``served_threshold`` when the bundle outputs probabilities.
+
+A bundle that takes a dense mask prompt names its input key in ``served_mask_prompt``: the request's uploaded
+``label`` file (MONAI Label's ``/infer`` form field) becomes that input, and clicks or boxes are then optional.
 
 Requests to one model run one at a time (the network, its embedding cache and the parsed config are shared).
 """
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.data import list_data_collate
-from monai.transforms import CastToTyped, SaveImaged, SqueezeDimd
+from monai.transforms import AsDiscreted, CastToTyped, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
@@ -62,6 +66,8 @@ class PromptedBundleInferTask(BundleInferTask):
         if not self.prompt_keys:
             raise ValueError(f"{path}: inference.json 'input_dict' names no prompt key of {PROMPT_KEYS}")
         self.extra_keys = dict(self.bundle_config.get("evaluator#prepare_batch#extra_keys") or {})
+        self.mask_prompt_key = self.bundle_config.get("served_mask_prompt")
+        self.threshold = self.bundle_config.get("served_threshold")
         self.name = path.rstrip("/").split("/")[-1]
         self.type = InferType.DEEPGROW if "points" in self.prompt_keys else InferType.SEGMENTATION
         # A volume from the datastore (MedSAM runs slice-wise on it), or a 2-D frame where the bundle says so
@@ -75,14 +81,21 @@ class PromptedBundleInferTask(BundleInferTask):
 
     def info(self):
         info = super().info()
-        info["prompts"] = list(self.prompt_keys)
+        info["prompts"] = list(self.prompt_keys) + (["label (mask prompt file)"] if self.mask_prompt_key else [])
         return info
 
     def __call__(self, request, callbacks=None):
         """Run one request; bad prompts (missing, of the wrong kind, outside the image: ValueError from here or
         from the bundle's own checks) answer HTTP 400 with the message instead of a bare 500."""
         try:
-            request = {**request, **request_prompts(request, self.prompt_keys, self.name, self.dimension)}
+            request = dict(request)
+            mask = request.pop("label", None) if self.mask_prompt_key else None
+            if self.mask_prompt_key and mask is None and not (request.get("foreground") or request.get("roi")):
+                raise ValueError("upload a probability map as the 'label' file, or give a foreground click or an ROI")
+            if mask is not None:
+                request[self.mask_prompt_key] = mask
+            prompts = request_prompts(request, self.prompt_keys, self.name, self.dimension, optional=mask is not None)
+            request.update(prompts)
             with self._lock:
                 return super().__call__(request, callbacks)
         except ValueError as error:
@@ -101,7 +114,8 @@ class PromptedBundleInferTask(BundleInferTask):
         """The bundle's postprocessing (minus its writer), then uint8 labels (ITK cannot write int64 images); a 2-D
         label loses its channel axis so it is written as a 2-D image of the input's size."""
         squeeze = [SqueezeDimd(keys=self.key_pred, dim=0)] if self.dimension == 2 else []
-        return [*super().post_transforms(data), *squeeze, CastToTyped(keys=self.key_pred, dtype=np.uint8)]
+        threshold = [] if self.threshold is None else [AsDiscreted(keys=self.key_pred, threshold=float(self.threshold))]
+        return [*super().post_transforms(data), *threshold, *squeeze, CastToTyped(keys=self.key_pred, dtype=np.uint8)]
 
     def _get_network(self, device, data):
         network = super()._get_network(device, data)
@@ -127,10 +141,12 @@ class PromptedBundleInferTask(BundleInferTask):
         inferer = self.inferer(data)
         network = self._get_network(device, data)
         target = torch.device(device)
-        batch = list_data_collate([{key: data[key] for key in (self.input_key, *self.extra_keys)}])
+        # {keyword: item key}, as PrepareBatchExtraInput; a key may be absent (a clip name only exists for videos)
+        present = {name: key for name, key in self.extra_keys.items() if key in data}
+        batch = list_data_collate([{key: data[key] for key in (self.input_key, *present.values())}])
         kwargs = {
             name: batch[key].to(target) if isinstance(batch[key], torch.Tensor) else batch[key]
-            for key, name in self.extra_keys.items()
+            for name, key in present.items()
         }
         inputs = batch[self.input_key].to(target)
         with torch.no_grad():

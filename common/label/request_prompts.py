@@ -55,14 +55,19 @@ def _clicks(request: Mapping, key: str, dimension: int = 3) -> list[list[int]]:
     return out
 
 
-def request_prompts(request: Mapping, prompt_keys: Collection[str], model: str = "model", dimension: int = 3) -> dict:
+def request_prompts(
+    request: Mapping, prompt_keys: Collection[str], model: str = "model", dimension: int = 3, optional: bool = False
+) -> dict:
     """The bundle prompt entries (a subset of :data:`PROMPT_KEYS`) for one MONAI Label request on a
-    ``dimension``-D image.
+    ``dimension``-D image; with ``optional`` (another prompt came with the request, e.g. an uploaded mask) no click
+    or box is needed.
 
     Raises ValueError, naming ``model`` and what it takes, when the request lacks the prompt the model needs or
     sends one it cannot use (a background click to a positive-points-only model).
     """
     prompts: dict = {}
+    if optional and not (request.get("roi") or request.get("foreground") or request.get("background")):
+        return prompts
     either = "boxes" in prompt_keys and "points" in prompt_keys
     foreground, background = _clicks(request, "foreground", dimension), _clicks(request, "background", dimension)
     if either and not request.get("roi") and not foreground:

@@ -43,6 +43,9 @@ from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
+from common.data.synthetic_sunseg import synthetic_clip
+from common.networks.samihs import TINY_SIZES as SAMIHS_TINY
+from common.networks.samihs import build_samihs
 from common.networks.samus import TINY_SIZES as SAMUS_TINY
 from common.networks.samus import build_samus
 
@@ -80,7 +83,17 @@ TINY_CONFIGS = {
         "init_from_sam": False,
     },
 }
+SAMIHS_CFG = {
+    "network_def": {"_target_": "common.networks.samihs.build_samihs", **SAMIHS_TINY},
+    "image_size": SAMIHS_TINY["image_size"],
+    "num_workers": 0,
+    "init_from_sam": False,
+}
+TINY_CONFIGS["samihs_ich"] = SAMIHS_CFG
+TINY_CONFIGS["samihs_polyp"] = SAMIHS_CFG
 US_FRAME = "us_frame"  # the real GE ultrasound frame (RGB, Doppler overlay) as a colour PNG study
+POLYP_FRAME = "polyp_frame"  # a synthetic colonoscopy frame (SUN-SEG may not be redistributed) as a PNG study
+SERVED = {"medsam", "3dsam_pancreas", "msa", "samus_busi", "samihs_ich", "samihs_polyp"}
 
 
 SMALL_MEDSAM_TRAINING = {
@@ -149,6 +162,8 @@ def bundles_dir(repo_root, litemedsam_weights, tmp_path_factory) -> Path:
         TINY_CONFIGS["samus_busi"],
         build_samus(**SAMUS_TINY).state_dict(),
     )
+    for name in ("samihs_ich", "samihs_polyp"):
+        bundle_copy(repo_root / "bundles" / name, root / name, SAMIHS_CFG, build_samihs(**SAMIHS_TINY).state_dict())
     return root
 
 
@@ -169,6 +184,8 @@ def studies(totalseg_dir, ultrasound_dir, tmp_path_factory) -> Path:
     sitk.WriteImage(on_series, str(root / "labels" / "final" / "ct_dicom.nii.gz"))
     frame = pydicom.dcmread(str(ultrasound_dir / "US1_UNCR.dcm")).pixel_array  # (480, 640, 3) RGB
     Image.fromarray(frame).save(root / f"{US_FRAME}.png")
+    images, _ = synthetic_clip(1, (120, 144), np.random.default_rng(0))
+    Image.fromarray(images[0]).save(root / f"{POLYP_FRAME}.png")
     return root
 
 
@@ -257,7 +274,7 @@ def test_info_lists_every_bundle(server, bundles_dir):
     client, _ = server
     info = client.info()
     models = info["models"]
-    assert set(models) == {"medsam", "3dsam_pancreas", "msa", "samus_busi"}
+    assert set(models) == SERVED
     assert models["medsam"]["type"] == "segmentation" and models["medsam"]["prompts"] == ["boxes", "box_labels"]
     assert models["3dsam_pancreas"]["type"] == "deepgrow" and models["3dsam_pancreas"]["prompts"] == ["points"]
     assert models["msa"]["type"] == "deepgrow" and models["msa"]["prompts"] == ["points", "point_labels"]
@@ -265,9 +282,13 @@ def test_info_lists_every_bundle(server, bundles_dir):
     assert models["samus_busi"]["prompts"] == ["boxes", "box_labels", "points", "point_labels"]
     for name, model in models.items():
         meta = json.loads((bundles_dir / name / "configs" / "metadata.json").read_text())
-        assert model["dimension"] == (2 if name == "samus_busi" else 3) and model["version"] == meta["version"]
+        two_d = name in ("samus_busi", "samihs_polyp")
+        assert model["dimension"] == (2 if two_d else 3) and model["version"] == meta["version"]
     assert models["3dsam_pancreas"]["labels"] == {"target": 1}
-    assert set(info["trainers"]) == {"medsam", "3dsam_pancreas", "msa", "samus_busi"}
+    assert models["samihs_ich"]["prompts"] == ["boxes", "box_labels", "points", "point_labels"]
+    assert models["samihs_polyp"]["prompts"] == ["boxes", "points", "point_labels", "label (mask prompt file)"]
+    assert models["samihs_polyp"]["labels"] == {"polyp": 1}
+    assert set(info["trainers"]) == SERVED
 
 
 def test_samus_click_and_box_on_a_2d_frame(server, studies, bundles_dir, tmp_path):
@@ -358,9 +379,60 @@ def test_msa_clicks_on_the_dicom_study(server, studies, bundles_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
 
 
+def test_samihs_clicks_and_box_on_a_volume(server, studies, bundles_dir, ct3, tmp_path):
+    """SAMIHS (ICH bundle, tiny network) served on a CT volume: clicks and an ROI box in file voxel indices give a
+    label volume on the study's grid, equal to the bundle's own inference.json voxel for voxel."""
+    client, _ = server
+    image, label = ct3
+    liver = np.argwhere(label == LIVER)
+    click = [int(v) for v in liver[len(liver) // 2]]
+    box = box_of(label == LIVER)
+    box = [box[0], box[1], click[2] - 1, box[3], box[4], click[2] + 1]  # three slices
+    result, _ = client.infer(
+        "samihs_ich",
+        "ct_abdomen_3mm",
+        {"foreground": [click], "roi": [box[0], box[3], box[1], box[4], box[2], box[5]]},
+    )
+    seg = label_map(result)
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
+    own = bundle_output(
+        bundles_dir / "samihs_ich",
+        tmp_path,
+        {"image": str(studies / "ct_abdomen_3mm.nii.gz"), "points": [click], "boxes": [box]},
+    )
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), own)
+    assert {int(z) for z in np.nonzero(own.any(axis=(0, 1)))[0]} <= {click[2] - 1, click[2], click[2] + 1}
+
+
+def test_samihs_polyp_frame_with_an_uploaded_map(server, studies, bundles_dir, tmp_path):
+    """The polyp bundle on a 2-D frame: the external probability map uploaded as MONAI Label's ``label`` file (no
+    click needed), optionally with a click; the PNG label (probability >= 0.5) equals the bundle's own output."""
+    client, _ = server
+    frame = studies / f"{POLYP_FRAME}.png"
+    height, width = np.asarray(Image.open(frame)).shape[:2]
+    yy, xx = np.mgrid[:256, :448]
+    pns_map = tmp_path / "pns_map.png"  # PNS+'s 256 x 448 uint8 probabilities: a soft disc
+    Image.fromarray((255 / (1 + np.exp(((yy - 128) ** 2 + (xx - 200) ** 2) / 900 - 3))).astype(np.uint8)).save(pns_map)
+    for name, params, own_prompts in (("map", {}, {}), ("map_click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]})):
+        result, _ = client.infer("samihs_polyp", POLYP_FRAME, params, label_in=str(pns_map))
+        assert result.endswith(".png")
+        mask = np.asarray(Image.open(result))
+        assert mask.shape == (height, width)
+        out = tmp_path / name
+        run_inference(
+            bundles_dir / "samihs_polyp" / "configs",
+            out,
+            {"image": str(frame), "mask_prompt": str(pns_map), **own_prompts},
+            bundle_root=str(bundles_dir / "samihs_polyp"),
+        )
+        own = np.asarray(Image.open(out / f"{POLYP_FRAME}.png"))  # uint8(255 p)
+        np.testing.assert_array_equal(mask > 0, own >= 128)
+
+
 @pytest.mark.parametrize(
     "model, params, message",
     [
+        ("samihs_polyp", {}, "upload a probability map"),
         ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
@@ -372,7 +444,8 @@ def test_msa_clicks_on_the_dicom_study(server, studies, bundles_dir, tmp_path):
 def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
     client, _ = server
     with pytest.raises(ClientError) as error:
-        client.infer(model, US_FRAME if model == "samus_busi" else "ct_abdomen_3mm", params)
+        study = {"samus_busi": US_FRAME, "samihs_polyp": POLYP_FRAME}.get(model, "ct_abdomen_3mm")
+        client.infer(model, study, params)
     assert "Status: 400" in str(error.value) and message in str(error.value)
 
 
