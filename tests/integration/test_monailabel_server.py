@@ -38,12 +38,12 @@ from workflow_utils import (
     stop_process_group,
 )
 
+from common.data.synthetic_sunseg import synthetic_clip
 from common.networks.medsam import build_lite_medsam
 from common.networks.msa import TINY_SIZES as MSA_TINY
 from common.networks.msa import build_msa
 from common.networks.sam3d_adapter import TINY_SIZES as SAM3D_TINY
 from common.networks.sam3d_adapter import build_sam3d_adapter
-from common.data.synthetic_sunseg import synthetic_clip
 from common.networks.samihs import TINY_SIZES as SAMIHS_TINY
 from common.networks.samihs import build_samihs
 from common.networks.samus import TINY_SIZES as SAMUS_TINY
@@ -389,9 +389,7 @@ def test_samihs_clicks_and_box_on_a_volume(server, studies, bundles_dir, ct3, tm
     box = box_of(label == LIVER)
     box = [box[0], box[1], click[2] - 1, box[3], box[4], click[2] + 1]  # three slices
     result, _ = client.infer(
-        "samihs_ich",
-        "ct_abdomen_3mm",
-        {"foreground": [click], "roi": [box[0], box[3], box[1], box[4], box[2], box[5]]},
+        "samihs_ich", "ct_abdomen_3mm", {"foreground": [click], "roi": [box[0], box[3], box[1], box[4], box[2], box[5]]}
     )
     seg = label_map(result)
     assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
@@ -413,7 +411,10 @@ def test_samihs_polyp_frame_with_an_uploaded_map(server, studies, bundles_dir, t
     yy, xx = np.mgrid[:256, :448]
     pns_map = tmp_path / "pns_map.png"  # PNS+'s 256 x 448 uint8 probabilities: a soft disc
     Image.fromarray((255 / (1 + np.exp(((yy - 128) ** 2 + (xx - 200) ** 2) / 900 - 3))).astype(np.uint8)).save(pns_map)
-    for name, params, own_prompts in (("map", {}, {}), ("map_click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]})):
+    for name, params, own_prompts in (
+        ("map", {}, {}),
+        ("map_click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]}),
+    ):
         result, _ = client.infer("samihs_polyp", POLYP_FRAME, params, label_in=str(pns_map))
         assert result.endswith(".png")
         mask = np.asarray(Image.open(result))
