@@ -8,11 +8,14 @@ Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)
 
 ``bundles_dir`` defaults to the repository's ``bundles/``; ``models`` defaults to every bundle there that has
 ``configs/inference.json`` and ``models/model.pt``. Each becomes an inference task (:mod:`common.label.infer`)
-and, when it has ``configs/train.json``, a MONAI Label training task (stock ``BundleTrainTask``).
+and, when it has ``configs/train.json`` and its ``inference.json`` does not say ``"served_training": false`` (bundles
+whose training reads datalists of slices or clips, not the datastore's images), a MONAI Label training task (stock
+``BundleTrainTask``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from importlib import metadata as importlib_metadata
@@ -85,7 +88,9 @@ class SamBundlesApp(MONAILabelApp):
             return {}
         trainers = {}
         for name, path in self.bundles.items():
-            if (Path(path) / "configs" / "train.json").is_file():
+            configs = Path(path) / "configs"
+            served_training = json.loads((configs / "inference.json").read_text()).get("served_training", True)
+            if (configs / "train.json").is_file() and served_training:
                 trainers[name] = BundleTrainTask(path, self.conf)
         return trainers
 
