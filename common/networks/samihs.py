@@ -172,9 +172,12 @@ def new_module_keys(model: Samihs) -> list[str]:
 def load_sam_weights(model: Samihs, sam: str | os.PathLike | Mapping) -> list[str]:
     """Initialise from an official SAM checkpoint: every SAM key loads (upstream loads non-strictly); raises unless
     the keys left at their initialisation are exactly the adapters' and projections'. Returns those keys."""
-    state = load_state_dict_file(sam, hint=SAM_VIT_B_HINT) if isinstance(sam, (str, os.PathLike)) else sam
+    if isinstance(sam, (str, os.PathLike)):
+        state = load_state_dict_file(sam, hint=SAM_VIT_B_HINT)
+    else:
+        state = extract_state_dict(dict(sam))
     expected = new_module_keys(model)
-    load_leaving_new_modules(model, extract_state_dict(state), expected, "SAM checkpoint")
+    load_leaving_new_modules(model, state, expected, "SAM checkpoint")
     return expected
 
 

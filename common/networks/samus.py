@@ -361,8 +361,10 @@ def load_sam_weights(model: Samus, sam: str | os.PathLike | Mapping) -> list[str
     global blocks' rel-pos tables resized (127 -> 63 for ViT-B at 256 px), the 64x64 position table kept for the
     position adapter. Raises :class:`CheckpointError` unless the keys left at their initialisation are exactly the
     new modules' (:func:`new_module_keys`). Returns those keys."""
-    state = dict(load_state_dict_file(sam, hint=SAM_VIT_B_HINT) if isinstance(sam, (str, os.PathLike)) else sam)
-    state = extract_state_dict(state)
+    if isinstance(sam, (str, os.PathLike)):
+        state = load_state_dict_file(sam, hint=SAM_VIT_B_HINT)
+    else:
+        state = extract_state_dict(dict(sam))
     target = model.state_dict()
     for i in cast(ImageEncoderViT, model.image_encoder).global_attn_indexes:
         for axis in ("h", "w"):
