@@ -228,6 +228,56 @@ def test_default_inference_input_runs(configs, tiny_weights, tmp_path):
     assert files_left(out) == ["CT_small_seg.nii.gz"]
 
 
+def test_fine_tune_on_real_lesion_slices_raises_dice_on_the_others(configs, tiny_weights, lesions_dir, tmp_path):
+    """The real brain-MR lesion (7 slices): trained from a seeded random tiny SAMIHS at 64 px with the published click
+    prompts on 4 of its slices (11, 13, 15, 17; the checkpoint picked on them), the 3 slices in between, never seen,
+    go from Dice ~0.01 to above 0.3 (mean). Proves the slice pipeline, prompts, loss and optimiser learn a real
+    lesion's appearance at reduced size; not ICH accuracy. Adam 3e-3 and 300 epochs instead of the published 5e-4 / 200:
+    a random network at 64 px needs them."""
+    image, label = str(lesions_dir / "brain1_image.nrrd"), str(lesions_dir / "brain1_label.nrrd")
+
+    def items(slices):
+        return [{"image": image, "label": label, "patient": "brain1", "slice": z, "positive": True} for z in slices]
+
+    datalist = tmp_path / "datalist.json"
+    seen, unseen = [11, 13, 15, 17], [12, 14, 16]
+    datalist.write_text(json.dumps({"training": items(seen), "validation": items(seen), "test": items(unseen)}))
+    data = {**TINY_CFG, "dataset_dir": "/", "datalist_file": str(datalist), "label_size": TINY["image_size"]}
+
+    def unseen_dice(weights: Path) -> float:
+        out = tmp_path / f"eval_{weights.parent.name}"
+        run_workflow(
+            make_workflow(
+                configs, ["inference.json", "evaluate.json"], "infer", output_dir=str(out), ckpt_path=str(weights), **data
+            )
+        )
+        rows = json.loads((out / "metrics.json").read_text())["rows"]
+        assert [r["slice"] for r in rows] == unseen
+        return float(np.mean([r["dice"] for r in rows]))
+
+    before = unseen_dice(tiny_weights)
+    wf = make_workflow(
+        configs,
+        "train.json",
+        "train",
+        **{
+            **data,
+            "ckpt_dir": str(tmp_path / "ckpt"),
+            "output_dir": str(tmp_path / "runs"),
+            "low_res_size": TINY_LOW,
+            "epochs": 300,
+            "learning_rate": 3e-3,
+            "init_from_sam": False,
+            "load_pretrain": True,
+            "pretrained_path": str(tiny_weights),
+            "cache_rate": 1.0,
+        },
+    )
+    run_workflow(wf)
+    after = unseen_dice(tmp_path / "ckpt" / "model.pt")
+    assert before < 0.05 and after > 0.3 and after > before + 0.25, (before, after)
+
+
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     tiny = tmp_path / "tiny.json"
