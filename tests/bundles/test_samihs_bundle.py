@@ -248,7 +248,12 @@ def test_fine_tune_on_real_lesion_slices_raises_dice_on_the_others(configs, tiny
         out = tmp_path / f"eval_{weights.parent.name}"
         run_workflow(
             make_workflow(
-                configs, ["inference.json", "evaluate.json"], "infer", output_dir=str(out), ckpt_path=str(weights), **data
+                configs,
+                ["inference.json", "evaluate.json"],
+                "infer",
+                output_dir=str(out),
+                ckpt_path=str(weights),
+                **data,
             )
         )
         rows = json.loads((out / "metrics.json").read_text())["rows"]
