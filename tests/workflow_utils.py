@@ -5,6 +5,7 @@ and fake networks that configs can name as ``workflow_utils.ForegroundCube`` / `
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -62,9 +63,11 @@ def checked_properties(wf: ConfigWorkflow):
         pytest.fail(f"check_properties raised {err!r}: a required property id is missing from the config")
 
 
-def verify_clicked_2d_net(configs: Path, network_def: dict, image_size: int, low_res_size: int) -> None:
-    """MONAI's ``verify_net_in_out`` for a 2-D click-prompted bundle (SAMUS, SAMIHS) at tiny sizes: ``image_size``
-    square input, one click, ``low_res_size`` square logits."""
+def verify_clicked_2d_net(
+    configs: Path, network_def: dict, image_size: int, low_res_size: int, extra_forward_args: dict | None = None
+) -> None:
+    """MONAI's ``verify_net_in_out`` for a 2-D prompted bundle (SAMUS, SAMIHS) at tiny sizes: ``image_size``
+    square input, one click (or ``extra_forward_args``, e.g. a dense mask prompt), ``low_res_size`` square logits."""
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(
@@ -73,10 +76,8 @@ def verify_clicked_2d_net(configs: Path, network_def: dict, image_size: int, low
         config_file=str(configs / "inference.json"),
         device="cpu",
         network_def=network_def,
-        extra_forward_args={
-            "point_coords": torch.tensor([[[10.0, 12.0]]]),
-            "point_labels": torch.ones(1, 1, dtype=torch.long),
-        },
+        extra_forward_args=extra_forward_args
+        or {"point_coords": torch.tensor([[[10.0, 12.0]]]), "point_labels": torch.ones(1, 1, dtype=torch.long)},
         **{
             "_meta_#network_data_format#inputs#image#spatial_shape": [image_size, image_size],
             "_meta_#network_data_format#outputs#pred#spatial_shape": [low_res_size, low_res_size],
@@ -156,6 +157,21 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 0.0) -> None:
             process.poll()
     if process_group_alive(pgid):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def train_with_torchrun(configs: Path, repo_root: Path, tmp_path: Path, overrides: dict, network) -> str:
+    """``train.json`` + ``multi_gpu_train.json`` under :func:`run_bundle_torchrun`, ``overrides`` written as a third
+    config file (nested values survive); checks that validation ran and that ``ckpt_dir`` holds only ``model.pt``,
+    which loads strictly into ``network``. Returns the output."""
+    ckpt_dir = tmp_path / "ckpt"
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({**overrides, "ckpt_dir": str(ckpt_dir), "output_dir": str(tmp_path / "runs")}))
+    files = [configs / "train.json", configs / "multi_gpu_train.json", tiny]
+    output = run_bundle_torchrun(files, {}, repo_root, timeout=240)
+    assert "val_mean_dice" in output
+    assert files_left(ckpt_dir) == ["model.pt"]
+    load_strict(ckpt_dir / "model.pt", network)
+    return output
 
 
 def run_bundle_torchrun(config_files, overrides: dict, cwd: Path, nproc: int = 2, timeout: float = 300) -> str:

@@ -24,10 +24,10 @@ from workflow_utils import (
     files_left,
     load_strict,
     make_workflow,
-    run_bundle_torchrun,
     run_inference,
     run_workflow,
     save_weights,
+    train_with_torchrun,
     verify_clicked_2d_net,
 )
 
@@ -284,20 +284,5 @@ def test_fine_tune_on_real_lesion_slices_raises_dice_on_the_others(configs, tiny
 
 
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, tmp_path):
-    ckpt_dir = tmp_path / "ckpt"
-    tiny = tmp_path / "tiny.json"
-    overrides = {
-        **data_override(dataset),
-        "ckpt_dir": str(ckpt_dir),
-        "output_dir": str(tmp_path / "runs"),
-        "low_res_size": TINY_LOW,
-        "epochs": 1,
-        "init_from_sam": False,
-    }
-    tiny.write_text(json.dumps(overrides))
-    output = run_bundle_torchrun(
-        [configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root, timeout=240
-    )
-    assert "val_mean_dice" in output
-    assert files_left(ckpt_dir) == ["model.pt"]
-    load_strict(ckpt_dir / "model.pt", samihs.build_samihs(**TINY))
+    overrides = {**data_override(dataset), "low_res_size": TINY_LOW, "epochs": 1, "init_from_sam": False}
+    train_with_torchrun(configs, repo_root, tmp_path, overrides, samihs.build_samihs(**TINY))

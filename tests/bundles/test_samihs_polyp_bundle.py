@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import verify_net_in_out
 from PIL import Image
 from workflow_utils import (
     checked_properties,
     expect_failure,
     files_left,
-    load_strict,
     make_workflow,
-    run_bundle_torchrun,
     run_workflow,
     save_weights,
+    train_with_torchrun,
+    verify_clicked_2d_net,
 )
 
 from common.data.synthetic_sunseg import write_synthetic_sunseg
@@ -73,22 +72,11 @@ def infer(configs, out, weights, files=("inference.json",), **override) -> objec
 
 
 def test_verify_net_in_out_with_a_mask_prompt(configs):
-    size = TINY["image_size"]
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        device="cpu",
-        network_def=TINY_NET,
-        extra_forward_args={
-            "mask_inputs": torch.zeros(1, 1, TINY_LOW, TINY_LOW),
-            "mask_present": torch.ones(1, dtype=torch.bool),
-        },
-        **{
-            "_meta_#network_data_format#inputs#image#spatial_shape": [size, size],
-            "_meta_#network_data_format#outputs#pred#spatial_shape": [TINY_LOW, TINY_LOW],
-        },
-    )
+    mask_prompt = {
+        "mask_inputs": torch.zeros(1, 1, TINY_LOW, TINY_LOW),
+        "mask_present": torch.ones(1, dtype=torch.bool),
+    }
+    verify_clicked_2d_net(configs, TINY_NET, TINY["image_size"], TINY_LOW, mask_prompt)
 
 
 def test_metadata_and_published_sizes(configs):
@@ -261,12 +249,8 @@ def test_training_with_noisy_maps_beats_training_without(configs, sunseg, tmp_pa
 
 
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, sunseg, tmp_path):
-    ckpt_dir = tmp_path / "ckpt"
-    tiny = tmp_path / "tiny.json"
     overrides = {
         **TINY_CFG,
-        "ckpt_dir": str(ckpt_dir),
-        "output_dir": str(tmp_path / "runs"),
         "low_res_size": TINY_LOW,
         "dataset_dir": str(sunseg / "train"),
         "maps_dir": str(sunseg / "train_maps"),
@@ -274,10 +258,4 @@ def test_multi_gpu_train_torchrun_gloo(configs, repo_root, sunseg, tmp_path):
         "epochs": 1,
         "init_from_sam": False,
     }
-    tiny.write_text(json.dumps(overrides))
-    output = run_bundle_torchrun(
-        [configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root, timeout=240
-    )
-    assert "val_mean_dice" in output
-    assert files_left(ckpt_dir) == ["model.pt"]
-    load_strict(ckpt_dir / "model.pt", samihs.build_samihs(**TINY))
+    train_with_torchrun(configs, repo_root, tmp_path, overrides, samihs.build_samihs(**TINY))

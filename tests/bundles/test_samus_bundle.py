@@ -25,9 +25,9 @@ from workflow_utils import (
     informative_positions,
     load_strict,
     make_workflow,
-    run_bundle_torchrun,
     run_inference,
     save_weights,
+    train_with_torchrun,
     verify_clicked_2d_net,
 )
 
@@ -214,27 +214,14 @@ def test_train_missing_sam_checkpoint(configs, dataset, tmp_path):
 
 
 def test_multi_gpu_train_torchrun_gloo(configs, repo_root, dataset, tmp_path):
-    ckpt_dir = tmp_path / "ckpt"
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(
-        json.dumps(
-            {
-                **data_override(dataset),
-                "ckpt_dir": str(ckpt_dir),
-                "epochs": 1,
-                "batch_size": 2,
-                "low_res_size": TINY_LOW,
-                "init_from_sam": False,
-                "output_dir": str(tmp_path / "runs"),
-            }
-        )
-    )
-    output = run_bundle_torchrun(
-        [configs / "train.json", configs / "multi_gpu_train.json", tiny], {}, repo_root, timeout=240
-    )
-    assert "val_mean_dice" in output
-    assert files_left(ckpt_dir) == ["model.pt"]
-    load_strict(ckpt_dir / "model.pt", samus.build_samus(**TINY))
+    overrides = {
+        **data_override(dataset),
+        "epochs": 1,
+        "batch_size": 2,
+        "low_res_size": TINY_LOW,
+        "init_from_sam": False,
+    }
+    train_with_torchrun(configs, repo_root, tmp_path, overrides, samus.build_samus(**TINY))
 
 
 # --------------------------------------------------------------------------------------------------------- evaluate

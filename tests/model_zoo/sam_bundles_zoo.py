@@ -33,6 +33,26 @@ def bundle_root(name: str) -> Path:
     return root
 
 
+#: build_samihs's tiny sizes (TINY_SIZES of the shared library) as nested overrides of network_def: the samihs_ich and
+#: samihs_polyp bundles build the same network.
+SAMIHS_TINY = {
+    "image_size": 64,
+    "network_def#image_size": 64,
+    "network_def#patch_size": 8,
+    "network_def#embed_dim": 32,
+    "network_def#depth": 2,
+    "network_def#num_heads": 2,
+    "network_def#window_size": 3,
+    "network_def#global_attn_indexes": [1],
+    "network_def#bottleneck": 8,
+    "network_def#prompt_embed_dim": 16,
+    "network_def#mask_in_chans": 4,
+    "network_def#decoder_num_heads": 2,
+    "network_def#decoder_mlp_dim": 32,
+    "network_def#iou_head_hidden_dim": 16,
+}
+
+
 class BundleTestCase(unittest.TestCase):
     """A temporary folder per test (``self.tmp``) and the bundle's workflows with ``OVERRIDES`` applied."""
 

@@ -18,30 +18,14 @@ import unittest
 
 import nibabel as nib
 import numpy as np
-from sam_bundles_zoo import BundleTestCase, bundle_root
+from sam_bundles_zoo import SAMIHS_TINY, BundleTestCase, bundle_root
 
 BUNDLE = "samihs_ich"
 CONFIGS = bundle_root(BUNDLE) / "configs"
 
 SHAPE = (24, 20, 5)  # (X, Y, Z) voxels of the synthetic volumes
 BLEED_SLICES = (1, 2)
-# build_samihs's tiny sizes (TINY_SIZES of the shared library) as nested overrides of network_def
-TINY_NET = {
-    "network_def#image_size": 64,
-    "network_def#patch_size": 8,
-    "network_def#embed_dim": 32,
-    "network_def#depth": 2,
-    "network_def#num_heads": 2,
-    "network_def#window_size": 3,
-    "network_def#global_attn_indexes": [1],
-    "network_def#bottleneck": 8,
-    "network_def#prompt_embed_dim": 16,
-    "network_def#mask_in_chans": 4,
-    "network_def#decoder_num_heads": 2,
-    "network_def#decoder_mlp_dim": 32,
-    "network_def#iou_head_hidden_dim": 16,
-}
-TINY = {"image_size": 64, "num_workers": 0, **TINY_NET}
+TINY = {"num_workers": 0, **SAMIHS_TINY}
 
 
 class TestSAMIHSBundle(BundleTestCase):

@@ -18,29 +18,13 @@ import unittest
 
 import numpy as np
 from PIL import Image
-from sam_bundles_zoo import BundleTestCase, bundle_root
+from sam_bundles_zoo import SAMIHS_TINY, BundleTestCase, bundle_root
 
 BUNDLE = "samihs_polyp"
 CONFIGS = bundle_root(BUNDLE) / "configs"
 
 SIZE = (48, 56)  # (H, W) of the synthetic frames
-# build_samihs's tiny sizes (TINY_SIZES of the shared library) as nested overrides of network_def
-TINY_NET = {
-    "network_def#image_size": 64,
-    "network_def#patch_size": 8,
-    "network_def#embed_dim": 32,
-    "network_def#depth": 2,
-    "network_def#num_heads": 2,
-    "network_def#window_size": 3,
-    "network_def#global_attn_indexes": [1],
-    "network_def#bottleneck": 8,
-    "network_def#prompt_embed_dim": 16,
-    "network_def#mask_in_chans": 4,
-    "network_def#decoder_num_heads": 2,
-    "network_def#decoder_mlp_dim": 32,
-    "network_def#iou_head_hidden_dim": 16,
-}
-TINY = {"image_size": 64, "num_workers": 0, **TINY_NET}
+TINY = {"num_workers": 0, **SAMIHS_TINY}
 
 
 def write_clip(split, maps, clip: str, frames: int, seed: int) -> None:

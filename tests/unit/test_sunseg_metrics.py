@@ -54,6 +54,23 @@ def test_resize_agrees_with_float_bilinear_within_one_grey_level():
         assert S.resize_bilinear_u8(img, size).shape == size and diff.max() <= 1.0
 
 
+def test_resize_equals_opencv_on_realistic_and_random_sizes():
+    """The toolbox resizes predictions with ``cv2.resize`` (bilinear, 8-bit fixed point): equal pixel for pixel on
+    PNS+'s 256 x 448 to SUN-SEG frame sizes, both ways, and on random sizes (opencv-python-headless is a test
+    dependency; the library itself does not need OpenCV)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    pairs = [((256, 448), (1008, 1158)), ((1008, 1158), (256, 448)), ((352, 352), (1080, 1240))]
+    pairs += [(tuple(rng.integers(2, 90, 2)), tuple(rng.integers(2, 90, 2))) for _ in range(200)]
+    for src, dst in pairs:
+        img = rng.integers(0, 256, src, dtype=np.uint8)
+        expected = cv2.resize(img, (int(dst[1]), int(dst[0])), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(
+            S.resize_bilinear_u8(img, (int(dst[0]), int(dst[1]))), expected, err_msg=str((src, dst))
+        )
+
+
 def test_read_grey_u8_follows_cv2_png_conversion(tmp_path):
     rgb = np.array([[[49, 253, 60], [90, 90, 90]]], dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")

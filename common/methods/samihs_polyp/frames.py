@@ -3,14 +3,13 @@ a clip's previous prediction forward as the next frame's prompt."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
 
 from common.errors import InvalidInputError
-from common.methods.samus.prompts import object_prompts, read_user_prompts
+from common.methods.samus.prompts import USER_PROMPT_KEYS, file_frame, object_prompts, read_user_prompts
 
 __all__ = ["FramePromptsd", "MaskPromptFrameInferer"]
 
@@ -27,9 +26,7 @@ class FramePromptsd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        image = d[self.ref_key]
-        meta = getattr(image, "meta", {})
-        shape_xy = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:]))[:2]]
+        shape_xy, source = file_frame(d[self.ref_key], self.ref_key)
         out = {
             "points": torch.zeros(1, 2),
             "point_labels": torch.full((1,), -1, dtype=torch.int64),
@@ -38,14 +35,13 @@ class FramePromptsd(MapTransform):
             "out_size": torch.tensor([shape_xy[1], shape_xy[0]]),
         }
         if d.get("points") is not None or d.get("boxes") is not None:
-            source = str(meta.get("filename_or_obj", self.ref_key))
             pts, labels, _, bxs, _ = read_user_prompts(d, shape_xy, source)
             if len(bxs) > 1:
                 raise InvalidInputError(f"{source}: one box per frame (one polyp object), got {len(bxs)}")
             obj = object_prompts(pts, labels, [1] * len(pts), bxs, [1] * len(bxs), shape_xy, self.size)
             out.update(points=obj["obj_points"][0], point_labels=obj["obj_point_labels"][0])
             out.update(box=obj["obj_boxes"][0], has_box=obj["obj_has_box"][0])
-        for key in ("points", "point_labels", "point_classes", "boxes", "box_labels"):
+        for key in USER_PROMPT_KEYS:
             d.pop(key, None)
         d.update(out)
         return d

@@ -29,6 +29,10 @@ __all__ = ["PROMPTS", "LabelPromptsd", "UserPromptsd", "object_prompts", "prompt
 PROMPTS = ("click", "box", "click_and_box")
 
 
+#: The user prompt entries of an input item (file pixel indices), consumed by the prompt transforms.
+USER_PROMPT_KEYS = ("points", "point_labels", "point_classes", "boxes", "box_labels")
+
+
 def prompt_keys(prompt: str) -> dict[str, str]:
     """The network's keyword inputs for a ``prompt`` choice, as ``PrepareBatchExtraInput`` ``extra_keys``."""
     if prompt not in PROMPTS:
@@ -209,12 +213,17 @@ class UserPromptsd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
-        image = d[self.ref_key]
-        meta = getattr(image, "meta", {})
-        source = str(meta.get("filename_or_obj", self.ref_key))
-        shape_xy = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:]))]
+        shape_xy, source = file_frame(d[self.ref_key], self.ref_key)
         pts, p_labels, p_classes, bxs, b_labels = read_user_prompts(d, shape_xy, source)
         d.update(object_prompts(pts, p_labels, p_classes, bxs, b_labels, shape_xy, self.size))
-        for key in ("points", "point_labels", "point_classes", "boxes", "box_labels"):
+        for key in USER_PROMPT_KEYS:
             d.pop(key, None)  # consumed: the raw lists would not collate
         return d
+
+
+def file_frame(image, name: str) -> tuple[list[int], str]:
+    """The file's ``(X, Y)`` (``meta["spatial_shape"]``, else the array's) and its name (for messages) of a loaded
+    ``(C, X, Y)`` frame."""
+    meta = getattr(image, "meta", {})
+    shape_xy = [int(s) for s in np.asarray(meta.get("spatial_shape", image.shape[1:]))[:2]]
+    return shape_xy, str(meta.get("filename_or_obj", name))
