@@ -91,8 +91,7 @@ class MaskPromptFrameInferer(Inferer):
             mask_inputs=prompt,
             mask_present=present,
         )
-        if self.propagate:
-            for i, name in enumerate(clips):
-                self._previous = {name: low_res[i].detach()} if name is not None else self._previous
+        if self.propagate:  # keep only the clips just seen: one clip after another needs one entry
+            self._previous = {name: low_res[i].detach() for i, name in enumerate(clips) if name is not None}
         h, w = (int(v) for v in torch.as_tensor(out_size).reshape(-1)[:2])
         return torch.sigmoid(F.interpolate(low_res.float(), size=(h, w), mode="bilinear", align_corners=False))
