@@ -20,7 +20,13 @@ from typing import cast
 import torch
 from torch import nn
 
-from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, extract_state_dict, load_state_dict_file
+from common.networks.sam import (
+    SAM_VIT_B_HINT,
+    CheckpointError,
+    extract_state_dict,
+    load_state_dict_file,
+    torch_load_weights,
+)
 from common.networks.sam3d import Block3d, ImageEncoder3d, MultiLevelDecoder, VisualSamplerPromptEncoder
 
 __all__ = [
@@ -249,7 +255,7 @@ def published_state_dict(checkpoint: str | os.PathLike | Mapping) -> dict[str, t
     if isinstance(checkpoint, (str, os.PathLike)):
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"3DSAM-adapter checkpoint not found: {checkpoint}")
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = torch_load_weights(checkpoint)  # the authors' files hold a numpy scalar (best_val_loss)
     if not isinstance(checkpoint, Mapping) or not {"encoder_dict", "decoder_dict"} <= set(checkpoint):
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise CheckpointError(

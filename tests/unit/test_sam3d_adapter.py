@@ -7,6 +7,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -301,6 +302,10 @@ def test_init_from_full_size_sam_vit_b(tmp_path):
     assert own["blocks.2.attn.rel_pos_d"].shape == (127, 64) and own["blocks.0.attn.rel_pos_d"].shape == (27, 64)
 
 
+class PicklesCode:
+    """An object whose unpickling would run code (a stand-in for what weights-only loading must refuse)."""
+
+
 def test_published_checkpoint_format_loads_strictly(tmp_path):
     source = tiny()
     encoder = dict(source.image_encoder.state_dict())
@@ -310,7 +315,7 @@ def test_published_checkpoint_format_loads_strictly(tmp_path):
     others = [tiny().prompt_encoder.state_dict() for _ in range(3)]
     released = {
         "epoch": 499,
-        "best_val_loss": 0.4,
+        "best_val_loss": np.float64(0.4),  # train.py stores a numpy scalar: weights-only loading must accept it
         "encoder_dict": encoder,
         "feature_dict": others + [prompt],
         "decoder_dict": source.mask_decoder.state_dict(),
@@ -325,6 +330,10 @@ def test_published_checkpoint_format_loads_strictly(tmp_path):
         assert torch.equal(target(image, points), source(image, points))
     with pytest.raises(CheckpointError, match="encoder_dict"):
         published_state_dict({"model": {}})
+    # anything beyond numpy scalars still refuses to unpickle, as the project's error naming the file
+    torch.save({**released, "path_helper": {"hook": PicklesCode()}}, tmp_path / "code.pth.tar")
+    with pytest.raises(CheckpointError, match="code.pth.tar.*weights_only"):
+        published_state_dict(tmp_path / "code.pth.tar")
 
     # the conversion tool writes a plain state dict that the bundle's CheckpointLoader can load strictly
     from convert_checkpoint import sam3d_published

@@ -13,6 +13,7 @@ from .checkpoint import (
     load_checkpoint,
     load_leaving_new_modules,
     load_state_dict_file,
+    torch_load_weights,
 )
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import (
@@ -68,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "load_leaving_new_modules",
     "load_state_dict_file",
+    "torch_load_weights",
     "window_partition",
     "window_unpartition",
 ]

@@ -3,6 +3,8 @@
 Checkpoints are plain state dicts loaded with ``torch.load(..., weights_only=True)``. Training checkpoints that
 wrap the weights (``{"model": sd}``, ``{"state_dict": sd, "epoch": ...}``) are unwrapped, and a leading
 ``module.`` (DataParallel/DDP) is stripped, so official SAM, MedSAM and LiteMedSAM files load without renaming.
+Authors' training scripts also store numpy scalars (a best loss, ``best_tol``): exactly numpy's scalar and dtype
+globals are allowed on top of the weights-only set (:func:`torch_load_weights`), nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "load_checkpoint",
     "load_leaving_new_modules",
     "load_state_dict_file",
+    "torch_load_weights",
 ]
 
 #: Where users get the official SAM ViT-B weights (methods that start from SAM).
@@ -67,6 +70,34 @@ def extract_state_dict(obj, source: str = "<in-memory object>") -> dict[str, tor
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _numpy_scalar_globals() -> list:
+    """numpy's scalar reconstructor, ``numpy.dtype`` and its dtype classes: what a pickled numpy scalar needs."""
+    import importlib
+
+    import numpy as np
+
+    name = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
+    scalar = importlib.import_module(name).scalar
+    dtypes = getattr(np, "dtypes", None)
+    classes = [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes is not None else []
+    return [scalar, np.dtype, *[c for c in classes if isinstance(c, type)]]
+
+
+def torch_load_weights(path: str | os.PathLike, map_location: str | torch.device | None = "cpu"):
+    """``torch.load(path, weights_only=True)`` allowing numpy scalars too; any failure becomes a
+    :class:`CheckpointError` naming the file (a pickle that needs other code says so)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) (it pickles non-tensor objects); save a "
+            f"plain state dict instead ({e})"
+        ) from e
+    except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+
+
 def load_state_dict_file(
     path: str | os.PathLike, map_location: str | torch.device | None = "cpu", hint: str | None = None
 ) -> dict[str, torch.Tensor]:
@@ -79,16 +110,7 @@ def load_state_dict_file(
     if not path.is_file():
         message = f"checkpoint file not found: {path}"
         raise InputNotFoundError(f"{message}. {hint}" if hint else message)
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) (it pickles non-tensor objects); save a "
-            f"plain state dict instead ({e})"
-        ) from e
-    except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    return extract_state_dict(obj, source=str(path))
+    return extract_state_dict(torch_load_weights(path, map_location), source=str(path))
 
 
 def _first(items: list, n: int = _MAX_LISTED) -> str:
