@@ -37,6 +37,7 @@ __all__ = [
     "build_msa",
     "clicks_from_map",
     "closest_factors",
+    "upstream_factors",
     "load_sam_weights",
     "msa_trainable",
 ]
@@ -57,6 +58,19 @@ def closest_factors(n: int) -> tuple[int, int]:
     return a, n // a
 
 
+def upstream_factors(n: int) -> tuple[int, int]:
+    """The released code's fold of ``n`` slices: a two-pointer search from ``(isqrt(n), isqrt(n) + 1)`` that never
+    tries the square root itself, so square counts fold unevenly (4 -> (1, 4), 16 -> (2, 8), 64 -> (4, 16)); equal to
+    :func:`closest_factors` elsewhere, e.g. the published 96 -> (8, 12)."""
+    a, b = math.isqrt(n), math.isqrt(n) + 1
+    while a * b != n:
+        if a * b < n:
+            b += 1
+        else:
+            a -= 1
+    return a, b
+
+
 class DepthAttention(nn.Module):
     """Depth branch of MSA's 3-D mode: ``(B * D, H, W, C)`` normed slice tokens -> ``(B * D, H, W, C)``.
 
@@ -65,7 +79,8 @@ class DepthAttention(nn.Module):
     ``attention`` (the block's frozen SAM attention, shared, not owned: it adds no state-dict keys), then through
     ``adapter``. ``"published"`` grouping reproduces the released code in window blocks (``window_size > 0``):
     the windowed batch axis, ordered (slice, window), is split into groups of ``D`` consecutive entries, which mixes
-    windows and slices; in global blocks both groupings are the same.
+    windows and slices (in global blocks both groupings are the same), and ``D`` is folded by
+    :func:`upstream_factors` instead of :func:`closest_factors` (they differ for square counts only).
     """
 
     attention: Attention  # set with object.__setattr__ in __init__
@@ -81,7 +96,7 @@ class DepthAttention(nn.Module):
         object.__setattr__(self, "attention", attention)  # shared with the block: not a submodule
         self.adapter = adapter
         self.depth, self.grouping, self.window_size = depth, grouping, window_size
-        self.grid = closest_factors(depth)
+        self.grid = upstream_factors(depth) if grouping == "published" else closest_factors(depth)
 
     def _along_depth(self, seq: torch.Tensor) -> torch.Tensor:
         """``(N, D, C)`` sequences -> attention on the folded ``(N, dh, dw, C)`` grid -> adapter -> ``(N, D, C)``."""

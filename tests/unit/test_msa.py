@@ -3,10 +3,19 @@ output projection is zero, the depth branch's grouping, and SAM checkpoint loadi
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from common.networks.msa import DepthAttention, build_msa, clicks_from_map, closest_factors, load_sam_weights
+from common.networks.msa import (
+    DepthAttention,
+    build_msa,
+    clicks_from_map,
+    closest_factors,
+    load_sam_weights,
+    upstream_factors,
+)
 from common.networks.sam import CheckpointError, Sam, build_sam_vit
 from common.networks.sam.image_encoder import Attention
 
@@ -117,6 +126,18 @@ def test_zeroed_adapters_equal_sam(depth):
 
 def test_closest_factors():
     assert closest_factors(96) == (8, 12) and closest_factors(7) == (1, 7) and closest_factors(16) == (4, 4)
+
+
+def test_upstream_fold_differs_only_for_square_counts():
+    """The released code's factor search (issue 13's table): square counts fold unevenly, 96 folds as ours; the
+    published grouping uses it, the default does not."""
+    upstream = {4: (1, 4), 9: (1, 9), 16: (2, 8), 36: (4, 9), 64: (4, 16), 96: (8, 12)}
+    ours = {4: (2, 2), 9: (3, 3), 16: (4, 4), 36: (6, 6), 64: (8, 8), 96: (8, 12)}
+    assert {n: upstream_factors(n) for n in upstream} == upstream
+    assert {n: closest_factors(n) for n in ours} == ours
+    non_square = [n for n in range(2, 200) if math.isqrt(n) ** 2 != n]
+    assert all(upstream_factors(n) == closest_factors(n) for n in non_square)
+    assert _depth_branch("published", 0).grid == (1, 4) and _depth_branch("per_token", 0).grid == (2, 2)
 
 
 def _depth_branch(grouping: str, window_size: int) -> DepthAttention:
