@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import TypeVar, cast
 
@@ -24,7 +25,15 @@ import torch
 from torch import nn
 
 from common.networks.adapters import Adapter
-from common.networks.sam import SAM_VIT_B_HINT, CheckpointError, Sam, build_sam_vit, load_checkpoint
+from common.networks.sam import (
+    SAM_VIT_B_HINT,
+    CheckpointError,
+    Sam,
+    build_sam_vit,
+    extract_state_dict,
+    load_checkpoint,
+    load_state_dict_file,
+)
 from common.networks.sam.image_encoder import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
 from common.transforms.sam_input import normalise_pixels, slices_to_volume, stretch_scale, stretch_to, volume_to_slices
 
@@ -37,6 +46,7 @@ __all__ = [
     "build_msa",
     "clicks_from_map",
     "closest_factors",
+    "UPSTREAM_SKIPPED_SAM_KEYS",
     "upstream_factors",
     "load_sam_weights",
     "msa_trainable",
@@ -243,14 +253,27 @@ def build_msa(
     return msa_trainable(sam)
 
 
-def load_sam_weights(model: Sam, sam: str | os.PathLike | Mapping) -> list[str]:
+#: SAM keys the released loader silently skips (since its 2024 renaming): every relative-position table and the
+#: decoder transformer's MLPs (32 of SAM ViT-B's 314 keys), which therefore start from random initialisation there.
+UPSTREAM_SKIPPED_SAM_KEYS = re.compile(
+    r"(\.attn\.rel_pos_[hw]$|^mask_decoder\.transformer\.layers\.\d+\.mlp\.lin[12]\.)"
+)
+
+
+def load_sam_weights(model: Sam, sam: str | os.PathLike | Mapping, skip_like_upstream: bool = False) -> list[str]:
     """Load an official SAM checkpoint into an MSA model: every SAM key must load (relative-position tables
     included, which the published loader drops after its 2024 renaming); only adapter keys may stay at their
-    initialisation. Returns those adapter keys; raises :class:`CheckpointError` otherwise."""
-    missing, unexpected = load_checkpoint(model, sam, strict=False)
-    not_adapters = [k for k in missing if ".adapters." not in k]
-    if not_adapters or unexpected:
+    initialisation. ``skip_like_upstream``: leave :data:`UPSTREAM_SKIPPED_SAM_KEYS` at their initialisation as the
+    released loader does (for faithful retraining). Returns the keys left at initialisation; raises
+    :class:`CheckpointError` when anything else is missing or unexpected."""
+    state = load_state_dict_file(sam) if isinstance(sam, (str, os.PathLike)) else extract_state_dict(dict(sam))
+    if skip_like_upstream:
+        state = {k: v for k, v in state.items() if not UPSTREAM_SKIPPED_SAM_KEYS.search(k)}
+    missing, unexpected = load_checkpoint(model, state, strict=False)
+    skipped = (lambda k: bool(UPSTREAM_SKIPPED_SAM_KEYS.search(k))) if skip_like_upstream else (lambda k: False)
+    wrong = [k for k in missing if ".adapters." not in k and not skipped(k)]
+    if wrong or unexpected:
         raise CheckpointError(
-            f"SAM checkpoint does not fit this MSA model: missing {not_adapters[:5]}, unexpected {list(unexpected)[:5]}"
+            f"SAM checkpoint does not fit this MSA model: missing {wrong[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return list(missing)

@@ -188,6 +188,51 @@ def test_load_sam_weights_keeps_rel_pos(tmp_path):
         load_sam_weights(model, {k: v for k, v in sam.state_dict().items() if "rel_pos" not in k})
 
 
+def test_upstream_sam_key_skipping_is_an_option(tmp_path):
+    """The released loader skips 32 of SAM ViT-B's 314 keys (rel-pos tables, decoder transformer MLPs); by default
+    every SAM key loads, ``skip_like_upstream`` leaves exactly those at their initialisation."""
+    from common.networks.msa import UPSTREAM_SKIPPED_SAM_KEYS
+
+    with torch.device("meta"):
+        full = build_sam_vit("vit_b").state_dict()
+    skipped = [k for k in full if UPSTREAM_SKIPPED_SAM_KEYS.search(k)]
+    assert (len(skipped), len(full)) == (32, 314)
+    assert sum(".rel_pos_" in k for k in skipped) == 24
+    torch.manual_seed(0)
+    sam = build_sam_vit(**TINY)
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.normal_()
+    model = build_msa(num_slices=4, **TINY)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    left = load_sam_weights(model, sam.state_dict(), skip_like_upstream=True)
+    own, ref = model.state_dict(), sam.state_dict()
+    tiny_skipped = {k for k in ref if UPSTREAM_SKIPPED_SAM_KEYS.search(k)}
+    assert set(left) == tiny_skipped | {k for k in own if ".adapters." in k}
+    assert all(torch.equal(own[k], initial[k]) for k in tiny_skipped)  # left at init, as upstream
+    assert all(torch.equal(own[k], ref[k]) for k in ref if k not in tiny_skipped)
+    default = build_msa(num_slices=4, **TINY)
+    assert all(".adapters." in k for k in load_sam_weights(default, sam.state_dict()))
+
+
+@pytest.mark.parametrize("window, differs", [(3, True), (4, False)])
+def test_pad_before_norm_changes_msa_only_where_windows_pad(window, differs):
+    """The released block order (window padding before norm1, one core switch shared with SAMIHS) changes MSA's
+    embedding when the 8 x 8 token grid is not a multiple of the window (3: padded), and nothing when it is (4)."""
+    sizes = {**TINY, "window_size": window}
+    torch.manual_seed(0)
+    ours = build_msa(num_slices=4, **sizes)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.2)
+    upstream = build_msa(num_slices=4, pad_before_norm=True, **sizes)
+    upstream.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.rand(4, 3, TINY["image_size"], TINY["image_size"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        gap = float((ours.image_encoder(x) - upstream.image_encoder(x)).abs().max())
+    assert (gap > 1e-4) == differs, gap
+
+
 def test_clicks_from_map():
     click_map = torch.zeros(2, 1, 6, 5, 3)
     click_map[0, 0, 4, 1, 0] = 1.0  # volume 0, slice 0: positive at x=4, y=1
