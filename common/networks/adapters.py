@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Adapter", "Conv3dAdapter"]
+__all__ = ["Adapter", "Conv3dAdapter", "PromptConditionedAdapter"]
 
 
 class Adapter(nn.Module):
@@ -38,6 +38,26 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc2(self.act(self.fc1(x)))
         return x + y if self.skip else y
+
+
+class PromptConditionedAdapter(Adapter):
+    """:class:`Adapter` (with skip) whose bottleneck also receives the prompt: ``x + fc2(act(fc1(x) +
+    prompt_fc(p)))``, ``p`` the decoder block's prompt tokens ``(B, N, dim)`` from ``context["prompt_tokens"]``
+    (token-wise, same shape as ``x``). Medical SAM Adapter's decoder adapter after the token-to-image
+    cross-attention (spec 3dsam_msa.md B1b). ``zero_init`` as :class:`Adapter`; ViT-B decoder (256, ratio 0.25):
+    49,536 parameters."""
+
+    uses_context = True
+
+    def __init__(self, dim: int, ratio: float = 0.25, act: type[nn.Module] = nn.GELU, zero_init: bool = False) -> None:
+        super().__init__(dim, ratio, act, skip=True, zero_init=zero_init)
+        self.prompt_fc = nn.Linear(dim, self.fc1.out_features)
+
+    def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:  # type: ignore[override]
+        prompt = context["prompt_tokens"]
+        if prompt.shape != x.shape:
+            raise ValueError(f"prompt tokens {tuple(prompt.shape)} must match the adapted tokens {tuple(x.shape)}")
+        return x + self.fc2(self.act(self.fc1(x) + self.prompt_fc(prompt)))
 
 
 class Conv3dAdapter(nn.Module):

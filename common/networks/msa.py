@@ -24,7 +24,7 @@ from typing import TypeVar, cast
 import torch
 from torch import nn
 
-from common.networks.adapters import Adapter
+from common.networks.adapters import Adapter, PromptConditionedAdapter
 from common.networks.sam import (
     SAM_VIT_B_HINT,
     CheckpointError,
@@ -35,6 +35,7 @@ from common.networks.sam import (
     load_state_dict_file,
 )
 from common.networks.sam.image_encoder import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
+from common.networks.sam.transformer import TwoWayAttentionBlock, TwoWayTransformer
 from common.transforms.sam_input import normalise_pixels, slices_to_volume, stretch_scale, stretch_to, volume_to_slices
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "clicks_from_map",
     "closest_factors",
     "UPSTREAM_SKIPPED_SAM_KEYS",
+    "add_decoder_adapters",
     "upstream_factors",
     "load_sam_weights",
     "msa_trainable",
@@ -222,10 +224,36 @@ def msa_trainable(model: SamT) -> SamT:
     return model
 
 
+def add_decoder_adapters(model: Sam) -> Sam:
+    """The paper's three adapters in every two-way transformer block of the mask decoder (spec 3dsam_msa.md B1b), on
+    the core's decoder slots, each the encoder's bottleneck (ratio 0.25, GELU) with a zero-initialised up-projection,
+    so the decoder starts as SAM's:
+
+    * ``after_token_to_image``: :class:`~common.networks.adapters.PromptConditionedAdapter` on the cross-attention
+      output (the block's prompt tokens, down-projected, join the bottleneck before the non-linearity);
+    * ``parallel_mlp``: parallel to the token MLP, x 0.5, as the encoder's MLP adapter;
+    * ``after_image_to_token``: on the image stream's residual sum, with its own skip, before ``norm4`` (residual +
+      LayerNorm).
+
+    SAM ViT-B's decoder (2 blocks, 256 wide): 231,424 parameters, trainable with the other adapters."""
+    for layer in cast(TwoWayTransformer, model.mask_decoder.transformer).layers:
+        block = cast(TwoWayAttentionBlock, layer)
+        dim = block.cross_attn_token_to_image.embedding_dim
+        with torch.device(block.norm1.weight.device):
+            prompted = PromptConditionedAdapter(dim, ADAPTER_RATIO, nn.GELU, zero_init=True)
+            mlp = Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False, zero_init=True)
+            image_stream = Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=True, zero_init=True)
+        block.set_adapter("after_token_to_image", prompted)
+        block.set_adapter("parallel_mlp", mlp, scale=MLP_ADAPTER_SCALE)
+        block.set_adapter("after_image_to_token", image_stream)
+    return model
+
+
 def build_msa(
     image_size: int = 1024,
     num_slices: int | None = None,
     depth_grouping: str = "per_token",
+    decoder_adapters: bool = False,
     preset: str = "vit_b",
     **overrides,
 ) -> MSAVolume:
@@ -233,6 +261,8 @@ def build_msa(
 
     ``num_slices``: slices per volume for the 3-D mode (published ``chunk``, 96); ``None`` builds the 2-D model
     without a depth branch. ``depth_grouping``: see :class:`DepthAttention` (default the correct per-token grouping).
+    ``decoder_adapters``: the paper's decoder adapters (:func:`add_decoder_adapters`; the bundle turns them on; the
+    released code has none).
     """
     built = build_sam_vit(preset, image_size=image_size, **overrides)
     sam = MSAVolume(built.image_encoder, built.prompt_encoder, built.mask_decoder)
@@ -250,6 +280,8 @@ def build_msa(
             return DepthAttention(block.attn, num_slices, adapter, depth_grouping, block.window_size)
 
         enc.set_adapters("parallel_attn", depth_branch)
+    if decoder_adapters:
+        add_decoder_adapters(sam)
     return msa_trainable(sam)
 
 

@@ -109,6 +109,23 @@ def test_metadata_matches_config(configs):
     assert meta["outputs"]["pred"]["num_channels"] == meta["inputs"]["condition"]["num_channels"] == 1
 
 
+def test_bundle_network_has_the_decoder_adapters_by_default(configs):
+    """inference.json builds the paper's network (decoder adapters on: 14,941,156 trainable of 104,618,288, as the
+    metadata says); decoder_adapters false gives the 0.2 network (14,709,732 of 104,386,864)."""
+    from monai.bundle import ConfigParser
+
+    def counts(**override) -> tuple[int, int]:
+        parser = ConfigParser()
+        parser.read_config(str(configs / "inference.json"))
+        parser.update({"network_def#device": "meta", **override})
+        net = parser.get_parsed_content("network_def")
+        return sum(p.numel() for p in net.parameters()), sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+    assert counts() == (104_618_288, 14_941_156)
+    assert counts(decoder_adapters=False) == (104_386_864, 14_709_732)
+    assert "14,941,156 of 104,618,288" in json.loads((configs / "metadata.json").read_text())["description"]
+
+
 def test_verify_net_in_out(configs):
     shapes = {
         f"_meta_#network_data_format#{part}#spatial_shape": [ROI] * 3

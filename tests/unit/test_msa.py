@@ -61,6 +61,19 @@ def test_published_counts():
     assert all(p.requires_grad for p in model.mask_decoder.parameters())
 
 
+def test_decoder_adapter_counts():
+    """The paper's decoder adapters (spec B1b): 3 per two-way block, ratio 0.25 of the 256-wide decoder; the
+    prompt-conditioned one has the extra prompt down-projection. All train with the encoder adapters."""
+    model = build_msa(num_slices=96, decoder_adapters=True, device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (total, trainable) == (104_386_864 + 231_424, 14_709_732 + 231_424)  # 14.3 % trainable
+    for layer in model.mask_decoder.transformer.layers:
+        sizes = {slot: sum(p.numel() for p in m.parameters()) for slot, m in layer.adapters.items()}
+        assert sizes == {"after_token_to_image": 49_536, "parallel_mlp": 33_088, "after_image_to_token": 33_088}
+        assert layer.adapter_scales["parallel_mlp"] == 0.5
+
+
 def reference_from(model) -> torch.nn.Module:
     """segment-anything's Sam at TINY sizes, loaded with ``model``'s SAM weights (adapter keys left out)."""
     grid = TINY["image_size"] // TINY["patch_size"]
@@ -92,10 +105,11 @@ def reference_from(model) -> torch.nn.Module:
     return ref.eval()
 
 
-@pytest.mark.parametrize("depth", [None, 4])
-def test_zeroed_adapters_equal_sam(depth):
+@pytest.mark.parametrize("depth, decoder_adapters", [(None, False), (4, False), (4, True)])
+def test_zeroed_adapters_equal_sam(depth, decoder_adapters):
+    """With every adapter's up-projection zero (the decoder adapters start so) the network is SAM's."""
     torch.manual_seed(0)
-    model = build_msa(num_slices=depth, **TINY).eval()
+    model = build_msa(num_slices=depth, decoder_adapters=decoder_adapters, **TINY).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "rel_pos" in name:
@@ -122,6 +136,30 @@ def test_zeroed_adapters_equal_sam(depth):
             model, images, point_coords=points, point_labels=labels, multimask_output=False, return_iou=True
         )
     assert (masks - ref_masks).abs().max() <= 1e-4 and (iou - ref_iou).abs().max() <= 1e-4
+    if decoder_adapters:  # and the decoder adapters are live once trained (here: random up-projections)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("mask_decoder.") and ".adapters." in name:
+                    p.normal_(0, 0.5)
+            moved = Sam.forward(model, images, point_coords=points, point_labels=labels)
+        assert (moved - masks).abs().max() > 1e-3
+
+
+def test_prompt_conditioned_adapter_reads_the_prompt_tokens():
+    from common.networks.adapters import PromptConditionedAdapter
+
+    torch.manual_seed(0)
+    adapter = PromptConditionedAdapter(16, 0.25)
+    x, prompt = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        a, b = adapter(x, {"prompt_tokens": prompt}), adapter(x, {"prompt_tokens": prompt + 1})
+        expected = x + adapter.fc2(torch.nn.functional.gelu(adapter.fc1(x) + adapter.prompt_fc(prompt)))
+    torch.testing.assert_close(a, expected)
+    assert (a - b).abs().max() > 1e-3  # conditioned on the prompt
+    zero = PromptConditionedAdapter(16, 0.25, zero_init=True)
+    torch.testing.assert_close(zero(x, {"prompt_tokens": prompt}), x)
+    with pytest.raises(ValueError, match="prompt tokens"):
+        adapter(x, {"prompt_tokens": prompt[:, :2]})
 
 
 def test_closest_factors():
