@@ -303,3 +303,36 @@ def test_mask_present_mixes_frames_with_and_without_a_mask_prompt():
         ours(x, mask_present=torch.tensor([True, False]))
     with pytest.raises(ValueError, match="mask_present"):
         ours(x, mask_inputs=masks, mask_present=torch.tensor([True]))
+
+
+def test_decoder_first_layer_pe_gives_the_first_block_a_residual():
+    """``decoder_first_layer_pe`` (MSA's code since 2024, EfficientSAM style): the first two-way block adds the
+    positional encoding and a residual to its self-attention. With that self-attention's output zeroed, SAM's first
+    block passes zeros to norm1 (its input is lost), the flagged one passes the tokens themselves; same parameters."""
+    from common.networks.sam import build_sam_vit as build
+
+    torch.manual_seed(0)
+    sizes = dict(image_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, window_size=0,
+                 global_attn_indexes=(0,), prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2,
+                 decoder_mlp_dim=32, iou_head_hidden_dim=16)  # fmt: skip
+    sam, flagged = build(**sizes), build(decoder_first_layer_pe=True, **sizes)
+    flagged.load_state_dict(sam.state_dict(), strict=True)
+    seen = {}
+    for name, model in (("sam", sam), ("flagged", flagged)):
+        layer = model.mask_decoder.transformer.layers[0]
+        with torch.no_grad():
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+        layer.norm1.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].clone()))
+    x = torch.rand(1, 3, 32, 32)
+    points = (torch.tensor([[[10.0, 12.0]]]), torch.ones(1, 1, dtype=torch.long))
+    with torch.no_grad():
+        tokens = torch.cat([sam.mask_decoder.iou_token.weight, sam.mask_decoder.mask_tokens.weight])[None]
+        sparse, _ = sam.prompt_encoder(points=points)
+        out_sam = sam(x, point_coords=points[0], point_labels=points[1])
+        out_flagged = flagged(x, point_coords=points[0], point_labels=points[1])
+    assert float(seen["sam"].abs().max()) == 0.0
+    torch.testing.assert_close(seen["flagged"], torch.cat([tokens, sparse], dim=1))
+    assert (out_sam - out_flagged).abs().max() > 1e-4
+    assert sam.mask_decoder.transformer.layers[0].skip_first_layer_pe
+    assert not flagged.mask_decoder.transformer.layers[0].skip_first_layer_pe

@@ -132,6 +132,10 @@ class TwoWayTransformer(nn.Module):
     ``forward(image_embedding (B, D, h, w), image_pe (B, D, h, w), point_embedding (B, N, D))`` returns
     ``(queries (B, N, D), keys (B, h*w, D))``. Every layer gets ``context = {"prompt_tokens": point_embedding}``
     for its prompt-conditioned adapters.
+
+    SAM's first layer runs its self-attention on the bare tokens without a residual; ``first_layer_pe=True`` gives it
+    the positional encoding and the residual as every later layer (the EfficientSAM-style block that Medical SAM
+    Adapter's code uses since January 2024: a different function, same parameters).
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        first_layer_pe: bool = False,
     ) -> None:
         super().__init__()
         self.depth = depth
@@ -155,7 +160,7 @@ class TwoWayTransformer(nn.Module):
                 mlp_dim=mlp_dim,
                 activation=activation,
                 attention_downsample_rate=attention_downsample_rate,
-                skip_first_layer_pe=(i == 0),
+                skip_first_layer_pe=(i == 0 and not first_layer_pe),
             )
             for i in range(depth)
         )
