@@ -305,34 +305,35 @@ def test_mask_present_mixes_frames_with_and_without_a_mask_prompt():
         ours(x, mask_inputs=masks, mask_present=torch.tensor([True]))
 
 
-def test_decoder_first_layer_pe_gives_the_first_block_a_residual():
-    """``decoder_first_layer_pe`` (MSA's code since 2024, EfficientSAM style): the first two-way block adds the
-    positional encoding and a residual to its self-attention. With that self-attention's output zeroed, SAM's first
-    block passes zeros to norm1 (its input is lost), the flagged one passes the tokens themselves; same parameters."""
+def test_efficientsam_decoder_block_is_the_released_msa_function():
+    """``decoder_efficientsam_block`` (Medical SAM Adapter's decoder since 2024): each block's self-attention stage
+    equals the released code's, ``if not first: q = q + pe; q = norm1(q + self_attn(q, q, q))``, written out here
+    on the block's own modules; SAM's differs (no residual in block 0, the encoding only in queries and keys)."""
     from common.networks.sam import build_sam_vit as build
 
     torch.manual_seed(0)
     sizes = dict(image_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, window_size=0,
                  global_attn_indexes=(0,), prompt_embed_dim=16, mask_in_chans=4, decoder_num_heads=2,
                  decoder_mlp_dim=32, iou_head_hidden_dim=16)  # fmt: skip
-    sam, flagged = build(**sizes), build(decoder_first_layer_pe=True, **sizes)
-    flagged.load_state_dict(sam.state_dict(), strict=True)
-    seen = {}
-    for name, model in (("sam", sam), ("flagged", flagged)):
-        layer = model.mask_decoder.transformer.layers[0]
-        with torch.no_grad():
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
-        layer.norm1.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].clone()))
+    sam, released = build(**sizes), build(decoder_efficientsam_block=True, **sizes)
+    released.load_state_dict(sam.state_dict(), strict=True)
+    seen: dict = {}
+    for name, model in (("sam", sam), ("released", released)):
+        for i, layer in enumerate(model.mask_decoder.transformer.layers):
+            layer.register_forward_hook(lambda m, args, out, key=(name, i): seen.__setitem__(key, args))
+            layer.norm1.register_forward_hook(
+                lambda m, args, out, key=(name, i, "norm1"): seen.__setitem__(key, args[0])
+            )
     x = torch.rand(1, 3, 32, 32)
-    points = (torch.tensor([[[10.0, 12.0]]]), torch.ones(1, 1, dtype=torch.long))
+    points = torch.tensor([[[10.0, 12.0]]]), torch.ones(1, 1, dtype=torch.long)
     with torch.no_grad():
-        tokens = torch.cat([sam.mask_decoder.iou_token.weight, sam.mask_decoder.mask_tokens.weight])[None]
-        sparse, _ = sam.prompt_encoder(points=points)
         out_sam = sam(x, point_coords=points[0], point_labels=points[1])
-        out_flagged = flagged(x, point_coords=points[0], point_labels=points[1])
-    assert float(seen["sam"].abs().max()) == 0.0
-    torch.testing.assert_close(seen["flagged"], torch.cat([tokens, sparse], dim=1))
-    assert (out_sam - out_flagged).abs().max() > 1e-4
-    assert sam.mask_decoder.transformer.layers[0].skip_first_layer_pe
-    assert not flagged.mask_decoder.transformer.layers[0].skip_first_layer_pe
+        out_released = released(x, point_coords=points[0], point_labels=points[1])
+        for i, layer in enumerate(released.mask_decoder.transformer.layers):
+            queries, _, query_pe = seen[("released", i)][:3]
+            q = queries if i == 0 else queries + query_pe
+            torch.testing.assert_close(seen[("released", i, "norm1")], q + layer.self_attn(q, q, q))
+        first = sam.mask_decoder.transformer.layers[0]
+        queries = seen[("sam", 0)][0]
+        torch.testing.assert_close(seen[("sam", 0, "norm1")], first.self_attn(queries, queries, queries))
+    assert (out_sam - out_released).abs().max() > 1e-4

@@ -16,8 +16,8 @@ from .transformer import TwoWayTransformer
 
 __all__ = ["DECODER_DEFAULTS", "TINY_OVERRIDES", "build_sam_vit", "build_tiny_sam"]
 
-#: Prompt-encoder/decoder sizes of SAM (the same for ViT-B/L/H); ``decoder_first_layer_pe``: see
-#: :class:`~common.networks.sam.transformer.TwoWayTransformer` (False is SAM).
+#: Prompt-encoder/decoder sizes of SAM (the same for ViT-B/L/H); ``decoder_efficientsam_block``: see
+#: :class:`~common.networks.sam.transformer.TwoWayAttentionBlock` (False is SAM).
 DECODER_DEFAULTS: dict = dict(
     prompt_embed_dim=256,
     mask_in_chans=16,
@@ -28,7 +28,7 @@ DECODER_DEFAULTS: dict = dict(
     num_multimask_outputs=3,
     iou_head_depth=3,
     iou_head_hidden_dim=256,
-    decoder_first_layer_pe=False,
+    decoder_efficientsam_block=False,
 )
 
 _ENCODER_KEYS = (
@@ -114,7 +114,7 @@ def build_sam_vit(
                     num_heads=dec["decoder_num_heads"],
                     mlp_dim=dec["decoder_mlp_dim"],
                     attention_downsample_rate=dec["attention_downsample_rate"],
-                    first_layer_pe=dec["decoder_first_layer_pe"],
+                    efficientsam_self_attention=dec["decoder_efficientsam_block"],
                 ),
                 num_multimask_outputs=dec["num_multimask_outputs"],
                 iou_head_depth=dec["iou_head_depth"],

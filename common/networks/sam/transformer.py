@@ -64,6 +64,9 @@ class TwoWayAttentionBlock(AdapterSlots):
 
     ``forward(queries (B, Nq, D), keys (B, Nk, D), query_pe, key_pe, context=None) -> (queries, keys)``. The first
     block of the transformer skips the positional encoding in its self-attention and its residual.
+    ``efficientsam_self_attention`` (the EfficientSAM-style block of Medical SAM Adapter's code since January 2024,
+    same parameters, a different function): ``q = q + q_pe`` (skipped in the first block), then
+    ``q = norm1(q + self_attn(q, q, q))``: the encoding enters the stream itself, and every block has the residual.
 
     Adapter slots (:data:`DECODER_ADAPTER_SLOTS`, set with :meth:`set_adapter`; conventions of
     :mod:`common.networks.sam.slots`)::
@@ -87,8 +90,10 @@ class TwoWayAttentionBlock(AdapterSlots):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        efficientsam_self_attention: bool = False,
     ) -> None:
         super().__init__()
+        self.efficientsam_self_attention = efficientsam_self_attention
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
@@ -107,7 +112,11 @@ class TwoWayAttentionBlock(AdapterSlots):
         key_pe: torch.Tensor,
         context: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
+        if self.efficientsam_self_attention:  # the positional encoding joins the stream; a residual in every layer
+            if not self.skip_first_layer_pe:
+                queries = queries + query_pe
+            queries = queries + self.self_attn(queries, queries, queries)
+        elif self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
@@ -133,9 +142,7 @@ class TwoWayTransformer(nn.Module):
     ``(queries (B, N, D), keys (B, h*w, D))``. Every layer gets ``context = {"prompt_tokens": point_embedding}``
     for its prompt-conditioned adapters.
 
-    SAM's first layer runs its self-attention on the bare tokens without a residual; ``first_layer_pe=True`` gives it
-    the positional encoding and the residual as every later layer (the EfficientSAM-style block that Medical SAM
-    Adapter's code uses since January 2024: a different function, same parameters).
+    ``efficientsam_self_attention``: every block's self-attention as :class:`TwoWayAttentionBlock` describes.
     """
 
     def __init__(
@@ -146,7 +153,7 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
-        first_layer_pe: bool = False,
+        efficientsam_self_attention: bool = False,
     ) -> None:
         super().__init__()
         self.depth = depth
@@ -160,7 +167,8 @@ class TwoWayTransformer(nn.Module):
                 mlp_dim=mlp_dim,
                 activation=activation,
                 attention_downsample_rate=attention_downsample_rate,
-                skip_first_layer_pe=(i == 0 and not first_layer_pe),
+                skip_first_layer_pe=(i == 0),
+                efficientsam_self_attention=efficientsam_self_attention,
             )
             for i in range(depth)
         )
