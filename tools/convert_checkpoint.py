@@ -5,6 +5,7 @@ Usage:
     python tools/convert_checkpoint.py medsam medsam_vit_b.pth bundles/medsam/models/medsam_vit_b.pt
     python tools/convert_checkpoint.py sam3d_published last.pth.tar bundles/3dsam_pancreas/models/model.pt [--automatic]
     python tools/convert_checkpoint.py samus SAMUS.pth bundles/samus_busi/models/model.pt
+    python tools/convert_checkpoint.py msa best_dice_checkpoint.pth bundles/msa/models/model.pt [--num_slices 96]
 
 Each conversion loads the source with ``weights_only=True`` (unwrapping ``{"model": ...}`` training checkpoints
 and ``module.`` prefixes), checks it loads into the project's network with ``strict=True``, and writes the
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.atomic import atomic_path  # noqa: E402
-from common.networks import medsam, sam3d_adapter, samus  # noqa: E402
+from common.networks import medsam, msa, sam3d_adapter, samus  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 
 
@@ -79,7 +80,24 @@ def samus_published(source: str, out: str, **sizes) -> str:
     return _save(model, out)
 
 
+def msa_published(source: str, out: str, num_slices: int | None = 96, image_size: int = 1024, **sizes) -> str:
+    """A Medical SAM Adapter training checkpoint of the authors' code (``best_dice_checkpoint.pth``) -> ``out``,
+    renamed by :func:`common.networks.msa.from_upstream_checkpoint` and loaded with ``strict=True`` into
+    ``build_msa(num_slices, image_size, **sizes)`` (the released network: no decoder adapters). ``image_size`` must be
+    the one it was trained at (its relative-position tables depend on it); run the bundle with the released flags,
+    see the bundle README."""
+    model = msa.build_msa(image_size=image_size, num_slices=num_slices, **sizes)
+    load_checkpoint(model, msa.from_upstream_checkpoint(source, model), strict=True)
+    return _save(model, out)
+
+
 if __name__ == "__main__":
     fire.Fire(
-        {"litemedsam": litemedsam, "medsam": medsam_vit_b, "sam3d_published": sam3d_published, "samus": samus_published}
+        {
+            "litemedsam": litemedsam,
+            "medsam": medsam_vit_b,
+            "msa": msa_published,
+            "sam3d_published": sam3d_published,
+            "samus": samus_published,
+        }
     )

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import TypeVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.networks.adapters import Adapter, PromptConditionedAdapter
@@ -49,6 +50,7 @@ __all__ = [
     "closest_factors",
     "UPSTREAM_SKIPPED_SAM_KEYS",
     "add_decoder_adapters",
+    "from_upstream_checkpoint",
     "upstream_factors",
     "load_sam_weights",
     "msa_trainable",
@@ -309,3 +311,38 @@ def load_sam_weights(model: Sam, sam: str | os.PathLike | Mapping, skip_like_ups
             f"SAM checkpoint does not fit this MSA model: missing {wrong[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return list(missing)
+
+
+#: The released code's state-dict names (2024 and later) -> this package's, as (pattern, replacement) pairs.
+UPSTREAM_RENAMES = (
+    (re.compile(r"\.Space_Adapter\.D_fc([12])\."), r".adapters.after_attn.fc\1."),
+    (re.compile(r"\.MLP_Adapter\.D_fc([12])\."), r".adapters.parallel_mlp.fc\1."),
+    (re.compile(r"\.Depth_Adapter\.D_fc([12])\."), r".adapters.parallel_attn.adapter.fc\1."),
+    (re.compile(r"\.attn\.rel_([hw])$"), r".attn.rel_pos_\1"),  # renamed in 2024; SAM's names kept here
+    (re.compile(r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.0\.0\."), r"\1.lin1."),  # EfficientSAM MLP
+    (re.compile(r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.fc\."), r"\1.lin2."),
+)
+
+
+def from_upstream_checkpoint(checkpoint: str | os.PathLike | Mapping, model: MSAVolume) -> dict[str, torch.Tensor]:
+    """The state dict of a training checkpoint written by the released code (``{'epoch', 'model', 'state_dict',
+    'optimizer', 'best_tol', 'path_helper'}``; ``module.`` stripped) in this package's names (:data:`UPSTREAM_RENAMES`)
+    for ``model``. The released encoder keeps a 1024 px ``pos_embed`` table and resizes it bicubically
+    (``align_corners=False``) to the token grid on every forward; it is resized here once, the same way, to
+    ``model``'s grid. Load the result with ``strict=True``."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        state = load_state_dict_file(checkpoint)
+    else:
+        state = extract_state_dict(dict(checkpoint))
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in UPSTREAM_RENAMES:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    target = model.state_dict().get("image_encoder.pos_embed")
+    table = out.get("image_encoder.pos_embed")
+    if target is not None and table is not None and table.shape != target.shape:
+        grid = tuple(target.shape[1:3])
+        resized = F.interpolate(table.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic", align_corners=False)
+        out["image_encoder.pos_embed"] = resized.permute(0, 2, 3, 1).to(table.dtype)
+    return out

@@ -4,7 +4,10 @@ output projection is zero, the depth branch's grouping, and SAM checkpoint loadi
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,3 +334,59 @@ def test_several_click_maps_share_one_encoding():
     assert joint.shape == (1, 2, 12, 10, 4) and passes == [4, 4, 4]  # 4 slices encoded once per call
     assert (joint - separate).abs().max() <= 1e-5
     assert not torch.allclose(joint[:, 0], joint[:, 1])
+
+
+def _in_released_layout(state: dict, patch: int, dim: int) -> dict:
+    """A state dict renamed to the released code's 2024 names, written out independently of UPSTREAM_RENAMES, with
+    the 1024 px position table it keeps (random, ``(1, 1024 // patch, 1024 // patch, dim)``)."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace(".adapters.after_attn.fc", ".Space_Adapter.D_fc")
+        key = key.replace(".adapters.parallel_mlp.fc", ".MLP_Adapter.D_fc")
+        key = key.replace(".adapters.parallel_attn.adapter.fc", ".Depth_Adapter.D_fc")
+        key = key.replace(".attn.rel_pos_h", ".attn.rel_h").replace(".attn.rel_pos_w", ".attn.rel_w")
+        if key.startswith("mask_decoder.transformer.layers."):
+            key = key.replace(".mlp.lin1.", ".mlp.layers.0.0.").replace(".mlp.lin2.", ".mlp.fc.")
+        out[f"module.{key}"] = value
+    out["module.image_encoder.pos_embed"] = torch.randn(1, 1024 // patch, 1024 // patch, dim)
+    return out
+
+
+def test_released_training_checkpoint_converts_and_loads_strictly(tmp_path):
+    """A file as the authors' train.py writes it (epoch, net name, state_dict with DDP prefix and the released
+    names, optimizer state, a numpy best_tol, path_helper) converts into a strict-loading state dict; the position
+    table is resized bicubically exactly as the released forward does; every other tensor arrives unchanged."""
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from convert_checkpoint import msa_published
+
+    torch.manual_seed(0)
+    source = build_msa(num_slices=4, **TINY)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.1)
+    released = _in_released_layout(source.state_dict(), TINY["patch_size"], TINY["embed_dim"])
+    checkpoint = {
+        "epoch": 7,
+        "model": "sam",
+        "state_dict": released,
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+        "best_tol": np.float64(0.8123),
+        "path_helper": {"prefix": "logs/x", "ckpt_path": "logs/x/Model"},
+    }
+    path = tmp_path / "best_dice_checkpoint.pth"
+    torch.save(checkpoint, path)
+    out = msa_published(str(path), str(tmp_path / "models" / "model.pt"), num_slices=4, image_size=64,
+                        **{k: v for k, v in TINY.items() if k != "image_size"})  # fmt: skip
+    converted = torch.load(out, weights_only=True)
+    table = released["module.image_encoder.pos_embed"].permute(0, 3, 1, 2)
+    expected_table = F.interpolate(table, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(converted["image_encoder.pos_embed"], expected_table)
+    original = source.state_dict()
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[k], original[k]) for k in original if k != "image_encoder.pos_embed")
+    with pytest.raises(CheckpointError):  # a wrong layout fails loudly
+        msa_published(str(path), str(tmp_path / "other.pt"), num_slices=None, image_size=64,
+                      **{k: v for k, v in TINY.items() if k != "image_size"})  # fmt: skip
+    assert not (tmp_path / "other.pt").exists()
