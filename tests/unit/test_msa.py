@@ -256,6 +256,44 @@ def test_upstream_sam_key_skipping_is_an_option(tmp_path):
     assert all(".adapters." in k for k in load_sam_weights(default, sam.state_dict()))
 
 
+@pytest.mark.parametrize("pad_before_norm", [False, True])
+def test_padded_tokens_enter_attention_as_the_layernorm_bias(pad_before_norm):
+    """The released order pads the 5 x 5 grid to 6 x 6 before norm1: the padded tokens reach attention as norm1's
+    bias; SAM's order pads after norm1: zeros."""
+    from common.networks.sam.image_encoder import Block
+
+    torch.manual_seed(0)
+    block = Block(8, num_heads=2, window_size=3, pad_before_norm=pad_before_norm)
+    with torch.no_grad():
+        block.norm1.bias.normal_()
+    seen = []
+    block.attn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        block(torch.randn(1, 5, 5, 8))
+    windows = seen[0].reshape(1, 2, 2, 3, 3, 8).permute(0, 1, 3, 2, 4, 5).reshape(1, 6, 6, 8)  # back to the grid
+    padded = torch.cat([windows[0, 5, :], windows[0, :5, 5]])  # the padded row and column
+    expected = block.norm1.bias.expand_as(padded) if pad_before_norm else torch.zeros_like(padded)
+    torch.testing.assert_close(padded, expected)
+
+
+def test_every_flag_off_is_the_0_2_network():
+    """All upstream flags and the decoder adapters off: the same keys and the same output as the defaults of
+    build_msa (the network of bundle 0.2)."""
+    torch.manual_seed(0)
+    default = build_msa(num_slices=4, **TINY).eval()
+    off = build_msa(
+        num_slices=4, depth_grouping="per_token", decoder_adapters=False, pad_before_norm=False,
+        decoder_efficientsam_block=False, **TINY,
+    ).eval()  # fmt: skip
+    off.load_state_dict(default.state_dict(), strict=True)
+    x = torch.rand(4, 3, 64, 64)
+    points, labels = torch.tensor([[[20.0, 30.0]]] * 4), torch.ones(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        a = Sam.forward(default, x, point_coords=points, point_labels=labels)
+        b = Sam.forward(off, x, point_coords=points, point_labels=labels)
+    assert torch.equal(a, b) and default.state_dict().keys() == off.state_dict().keys()
+
+
 @pytest.mark.parametrize("window, differs", [(3, True), (4, False)])
 def test_pad_before_norm_changes_msa_only_where_windows_pad(window, differs):
     """The released block order (window padding before norm1, one core switch shared with SAMIHS) changes MSA's
