@@ -47,6 +47,11 @@ def box_of(mask: np.ndarray) -> list[int]:
 
 
 # -------------------------------------------------------------------------------------------------------- workflows
+def network_def(target: str, sizes: dict) -> dict:
+    """A bundle ``network_def`` component building ``target`` (dotted path) with ``sizes`` (tuples as JSON lists)."""
+    return {"_target_": target, **{k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}
+
+
 def make_workflow(configs: Path, files, workflow_type: str, **override) -> ConfigWorkflow:
     """``ConfigWorkflow`` over ``configs/<file>`` for each of ``files`` (one name or a list), without logging setup."""
     files = [files] if isinstance(files, str) else list(files)

@@ -24,6 +24,7 @@ from workflow_utils import (
     files_left,
     load_strict,
     make_workflow,
+    network_def,
     run_inference,
     run_workflow,
     save_weights,
@@ -41,10 +42,7 @@ from test_samihs import tiny_sam_checkpoint  # noqa: E402  (the tiny SAM checkpo
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
 
 TINY = samihs.TINY_SIZES
-TINY_NET = {
-    "_target_": "common.networks.samihs.build_samihs",
-    **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
-}
+TINY_NET = network_def("common.networks.samihs.build_samihs", TINY)
 TINY_LOW = 4 * TINY["image_size"] // TINY["patch_size"]
 TINY_CFG = {"network_def": TINY_NET, "image_size": TINY["image_size"], "num_workers": 0}
 

@@ -21,6 +21,7 @@ from workflow_utils import (
     expect_failure,
     files_left,
     make_workflow,
+    network_def,
     run_workflow,
     save_weights,
     train_with_torchrun,
@@ -34,10 +35,7 @@ from common.networks import samihs
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bundles/conftest.py
 
 TINY = samihs.TINY_SIZES
-TINY_NET = {
-    "_target_": "common.networks.samihs.build_samihs",
-    **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
-}
+TINY_NET = network_def("common.networks.samihs.build_samihs", TINY)
 TINY_LOW = 4 * TINY["image_size"] // TINY["patch_size"]
 TINY_CFG = {"network_def": TINY_NET, "image_size": TINY["image_size"], "num_workers": 0}
 FRAME = (96, 112)  # (H, W) of the synthetic frames

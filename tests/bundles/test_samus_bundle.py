@@ -25,6 +25,7 @@ from workflow_utils import (
     informative_positions,
     load_strict,
     make_workflow,
+    network_def,
     run_inference,
     save_weights,
     train_with_torchrun,
@@ -38,10 +39,7 @@ from common.networks import samus
 from tests.sam_reference import sam_shaped_for_samus
 
 TINY = samus.TINY_SIZES
-TINY_NET = {
-    "_target_": "common.networks.samus.build_samus",
-    **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
-}
+TINY_NET = network_def("common.networks.samus.build_samus", TINY)
 TINY_LOW = 4 * TINY["image_size"] // TINY["patch_stride"]
 TINY_CFG = {"network_def": {**TINY_NET, "hq": "@hq"}, "image_size": TINY["image_size"], "num_workers": 0}
 
