@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from common.errors import InvalidInputError
 from common.methods.samus.frames import resize_frame
 from common.transforms.sam_input import logit_from_probability
 
@@ -69,7 +70,8 @@ class ResizeMaskPromptd(MapTransform):
             if present:
                 x = d[key]
                 if x.ndim != 3 or x.shape[0] != 1:
-                    raise ValueError(f"'{key}': expected a one-channel map (1, X, Y), got shape {tuple(x.shape)}")
+                    source = getattr(x, "meta", {}).get("filename_or_obj", key)
+                    raise InvalidInputError(f"{source}: expected a one-channel (grey) map, got shape {tuple(x.shape)}")
                 d[key] = resize_frame(probability_map(x), self.size, "bilinear").clamp(0.0, 1.0)
             else:
                 d[key] = torch.zeros(1, self.size, self.size)
