@@ -89,6 +89,8 @@ class PromptedBundleInferTask(BundleInferTask):
         from the bundle's own checks) answer HTTP 400 with the message instead of a bare 500."""
         try:
             request = dict(request)
+            if self.mask_prompt_key:  # only the uploaded file, never a path a client names in its params
+                request.pop(self.mask_prompt_key, None)
             mask = request.pop("label", None) if self.mask_prompt_key else None
             if self.mask_prompt_key and mask is None and not (request.get("foreground") or request.get("roi")):
                 raise ValueError("upload a probability map as the 'label' file, or give a foreground click or an ROI")

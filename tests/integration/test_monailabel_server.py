@@ -434,6 +434,7 @@ def test_samihs_polyp_frame_with_an_uploaded_map(server, studies, bundles_dir, t
     "model, params, message",
     [
         ("samihs_polyp", {}, "upload a probability map"),
+        ("samihs_polyp", {"mask_prompt": "/etc/hostname"}, "upload a probability map"),  # no server paths
         ("medsam", {"foreground": [[60, 50, 15]]}, "draw an ROI box"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 15]], "background": [[1, 1, 1]]}, "foreground clicks only"),
         ("3dsam_pancreas", {"foreground": [[60, 50, 99]]}, "outside"),
