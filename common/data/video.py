@@ -38,7 +38,8 @@ def _av():
 
 class VideoFrames:
     """Frames of one video file as RGB ``(H, W, 3)`` uint8 arrays: :meth:`frame` decodes forward from the last frame
-    read and reopens the file only to go back. ``len`` counts the decodable frames (one pass at opening)."""
+    read and reopens the file only to go back. ``len`` counts the decodable frames (one decoding pass, on first use
+    only: reading frames in order never needs it)."""
 
     def __init__(self, path: str) -> None:
         self.path = str(path)
@@ -49,16 +50,19 @@ class VideoFrames:
             with av.open(self.path) as container:
                 if not container.streams.video:
                     raise InvalidInputError(f"{self.path}: no video stream")
-                self._count = sum(1 for _ in container.decode(video=0))
         except av.FFmpegError as err:
             raise InvalidInputError(f"{self.path}: not a readable video ({err})") from err
-        if self._count == 0:
-            raise InvalidInputError(f"{self.path}: no decodable frames")
+        self._count: int | None = None
         self._container: Any = None
         self._frames: Iterator[Any] | None = None
         self._next = 0
 
     def __len__(self) -> int:
+        if self._count is None:
+            with _av().open(self.path) as container:
+                self._count = sum(1 for _ in container.decode(video=0))
+            if self._count == 0:
+                raise InvalidInputError(f"{self.path}: no decodable frames")
         return self._count
 
     def _reopen(self) -> None:
@@ -68,15 +72,15 @@ class VideoFrames:
         self._next = 0
 
     def frame(self, index: int) -> np.ndarray:
-        if not 0 <= index < self._count:
-            raise IndexError(f"{self.path}: frame {index} outside 0..{self._count - 1}")
+        if index < 0:
+            raise IndexError(f"{self.path}: frame {index} is negative")
         if self._frames is None or index < self._next:
             self._reopen()
         for decoded in self._frames or ():
             self._next += 1
             if self._next - 1 == index:
                 return decoded.to_ndarray(format="rgb24")
-        raise InvalidInputError(f"{self.path}: frame {index} could not be decoded")
+        raise IndexError(f"{self.path}: no frame {index} (the video has {self._next} decodable frames)")
 
     def close(self) -> None:
         if self._container is not None:
