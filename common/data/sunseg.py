@@ -57,7 +57,7 @@ def _frame_order(name: str) -> tuple:
 
 def _frames(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=lambda p: frame_sort_key(p.name)
+        (p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=lambda p: _frame_order(p.name)
     )
 
 

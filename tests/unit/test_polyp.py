@@ -107,6 +107,13 @@ def test_frame_order_follows_the_toolbox():
     assert ordered == ["case1_a2_ayy_image9.jpg", "case1_a2_ayy_image10.jpg", "case1_a10_ayy_image1.jpg", "other.jpg"]
 
 
+def test_datalist_lists_frames_named_otherwise_after_the_numbered_ones(tmp_path):
+    root = write_synthetic_sunseg(tmp_path / "split", clips=1, frames=3, size=(24, 32))
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(root / "Frame" / "case1" / "extra.jpg")
+    frames = [i["frame"] for i in sunseg.sunseg_datalist(str(root), require_labels=False)]
+    assert frames == [f"case1_a1_ayy_image{k:04d}" for k in (1, 2, 3)] + ["extra"]
+
+
 def test_video_frames_in_order_with_their_maps(tmp_path):
     """A video file (written with PyAV, lossless-enough mpeg4) -> one clip of numbered frames; LoadFramed decodes
     each frame forward and gives the frame's content and size; maps pair by frame name."""
