@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["local_device"]
+__all__ = ["local_device", "shutdown"]
 
 
 def local_device(backend: str | None = None) -> torch.device:
@@ -35,3 +36,18 @@ def local_device(backend: str | None = None) -> torch.device:
     device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
     torch.cuda.set_device(device)
     return device
+
+
+def shutdown() -> None:
+    """End of a torchrun workflow (config ``finalize``): wait for every rank, then destroy the process group.
+
+    The barrier keeps a rank from tearing down its connections while another still finishes a collective (the last
+    validation's metric gather, rank 0's checkpoint); the garbage collection then frees the backend's pending work
+    objects while the interpreter is still alive rather than during its finalisation (a rare gloo abort at exit).
+    A no-op when no process group is initialised.
+    """
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
