@@ -1,4 +1,4 @@
-"""Helpers that bundle configs call: where the bundle is, and required files.
+"""Helpers that bundle configs call: where the bundle is, required files, and loading the network's weights.
 
 ``"bundle_root": "$common.bundle.bundle_root()"`` lets ``python -m monai.bundle run --config_file
 bundles/<name>/configs/x.json`` work from any directory: MONAI's ``ConfigWorkflow`` knows the config
@@ -12,7 +12,9 @@ import inspect
 import os
 from pathlib import Path
 
-from common.errors import InputNotFoundError
+import torch
+
+from common.errors import BundleInputError, InputNotFoundError
 
 
 def bundle_root(default: str = ".") -> str:
@@ -37,3 +39,66 @@ def require_file(path: str, what: str, hint: str = "") -> str:
         message = f"{what} not found: {path}."
         raise InputNotFoundError(f"{message} {hint}".strip())
     return path
+
+
+def load_weights(network, path: str, what: str = "model weights", hint: str = ""):
+    """Load the weights file ``path`` into ``network`` with ``strict=True`` and return ``network``.
+
+    A ``DistributedDataParallel``/``DataParallel`` wrapper is looked through; the file may be a plain state dict or
+    a training checkpoint (``{"model": ...}``), with or without DDP's ``module.`` prefix, read weights-only
+    (:func:`common.networks.sam.checkpoint.load_state_dict_file`). Raises :class:`InputNotFoundError` (``what`` and
+    ``hint`` in the message) or ``CheckpointError`` (unreadable, NaN/infinite weights, keys or shapes that do not
+    fit, with the keys named).
+    """
+    from common.networks.sam.checkpoint import load_checkpoint
+
+    require_file(path, what, hint)
+    load_checkpoint(_unwrapped(network), path, strict=True, hint=hint)
+    return network
+
+
+class NonFiniteOutputError(BundleInputError, RuntimeError):
+    """A network stage produced NaN or infinite values for this input, so nothing derived from it may be written."""
+
+
+def guard_finite_outputs(network):
+    """Make ``network`` and each of its top-level stages (encoder, prompt encoder, decoder, ...) raise
+    :class:`NonFiniteOutputError` when a floating-point tensor they return holds NaN/Inf; returns ``network``.
+
+    Inferers call the stages directly (one encoder call, many decoder calls), so each stage is checked, before any
+    mask is thresholded or written. A wrapper (DDP/DataParallel) is looked through. Cost: one ``isfinite`` per output.
+    """
+    model = _unwrapped(network)
+    for name, module in [("network", model), *model.named_children()]:
+        module.register_forward_hook(_finite_output_hook(name))
+    return network
+
+
+def _finite_output_hook(stage: str):
+    def hook(module, args, output):
+        tensors = [output] if isinstance(output, torch.Tensor) else _tensors_in(output)
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
+        if bad:
+            raise NonFiniteOutputError(
+                f"the network's {stage} ({type(module).__name__}) returned {bad} NaN/infinite value(s); nothing was "
+                "written (check the weights file, or run in float32)"
+            )
+
+    return hook
+
+
+def _tensors_in(output) -> list:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors_in(item)]
+    return []
+
+
+def _unwrapped(network):
+    from torch.nn import DataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    return network.module if isinstance(network, (DataParallel, DistributedDataParallel)) else network

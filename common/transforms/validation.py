@@ -8,11 +8,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from common.data.image_files import check_image_path
 from common.errors import InputNotFoundError, InvalidInputError
 
 
 class CheckInputPathsd(MapTransform):
-    """Fail early if a path under ``keys`` is missing, or is neither a file nor a DICOM folder."""
+    """Fail early if a path under ``keys`` is missing, empty, or not one whole image (a damaged or 4-D file, a folder
+    that is not exactly one complete DICOM series: :func:`common.data.image_files.check_image_path`)."""
 
     def __call__(self, data):
         d = dict(data)
@@ -24,6 +26,7 @@ class CheckInputPathsd(MapTransform):
                 raise InputNotFoundError(f"'{key}': input not found: {path}")
             if os.path.isdir(path) and not any(os.scandir(path)):
                 raise InvalidInputError(f"'{key}': {path} is an empty folder, expected a DICOM series")
+            check_image_path(path, key)
         return d
 
 

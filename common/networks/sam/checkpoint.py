@@ -104,13 +104,27 @@ def load_state_dict_file(
     """Read a state dict from ``path`` with ``torch.load(weights_only=True)`` (see :func:`extract_state_dict`).
 
     Raises ``FileNotFoundError`` (message names the path, plus ``hint``, e.g. where to get the weights) or
-    :class:`CheckpointError` when the file is unreadable or holds no state dict.
+    :class:`CheckpointError` when the file is unreadable, holds no state dict, or holds NaN/infinite weights.
     """
     path = Path(path)
     if not path.is_file():
         message = f"checkpoint file not found: {path}"
         raise InputNotFoundError(f"{message}. {hint}" if hint else message)
-    return extract_state_dict(torch_load_weights(path, map_location), source=str(path))
+    state = extract_state_dict(torch_load_weights(path, map_location), source=str(path))
+    _require_finite(state, str(path))
+    return state
+
+
+def _require_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` if a floating-point tensor of ``state`` holds NaN or infinite values."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise CheckpointError(
+            f"{source}: {sum(bad.values())} NaN/infinite value(s) in {len(bad)} tensor(s), first '{first}' "
+            f"({bad[first]}); the file is damaged or its training diverged"
+        )
 
 
 def _first(items: list, n: int = _MAX_LISTED) -> str:
