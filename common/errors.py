@@ -37,6 +37,7 @@ __all__ = [
     "input_error",
     "readable_errors",
     "readable_errors_installed",
+    "run_cli",
 ]
 
 #: Environment variable that brings the full tracebacks back (any value but "", "0", "false", "no").
@@ -129,10 +130,36 @@ def readable_errors() -> bool:
 
     Only in ``python -m monai.bundle`` processes: installs the interpreter's exception hook and a filter on every
     logging handler that exists now. A no-op inside other programs (tests, MONAI Label, notebooks) and with
-    ``SAM_BUNDLES_TRACEBACK`` set. Returns whether it installed anything.
+    ``SAM_BUNDLES_TRACEBACK`` set. Returns whether it installed anything. In such a process it then checks the
+    command line's overrides (:func:`common.config_checks.check_cli_overrides`: a mistyped key, an absent device),
+    with or without ``SAM_BUNDLES_TRACEBACK``.
     """
-    if full_tracebacks() or not _run_by_bundle_cli():
+    if not _run_by_bundle_cli():
         return False
-    sys.excepthook = _excepthook
-    filter_every_handler()
-    return True
+    from common.config_checks import check_cli_overrides  # here: config_checks imports this module
+
+    installed = not full_tracebacks()
+    if installed:
+        sys.excepthook = _excepthook
+        filter_every_handler()
+    check_cli_overrides()
+    return installed
+
+
+def run_cli(component) -> None:
+    """``fire.Fire(component)`` for the project's tools: an input error (one the exception is or wraps) is reported
+    as :func:`readable_errors` reports it, in exactly two lines (a multi-line message is joined into one), and exits
+    with status 1. Other errors, and every error under ``SAM_BUNDLES_TRACEBACK``, keep their traceback; Fire's own
+    usage errors still exit with status 2."""
+    import fire
+
+    try:
+        fire.Fire(component)
+    except Exception as exc:
+        cause = input_error(exc)
+        if cause is None or full_tracebacks():
+            raise
+        lines = [line.strip() for line in _one_line(cause).splitlines() if line.strip()]
+        print(f"(input error; set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+        print(f"error: {'; '.join(lines).replace(':; ', ': ')}", file=sys.stderr)
+        sys.exit(1)

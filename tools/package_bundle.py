@@ -17,6 +17,14 @@ imports, at the versions installed here (``tools/check_pins.py`` checks that the
 Weights listed in ``large_files.yml`` are left out (``python -m monai.bundle download_large_files --bundle_path
 <name>`` fetches them), as are run outputs; any other file over 25 MB is an error.
 The archive is deterministic: sorted entries, fixed timestamps and permissions.
+
+Bad input is refused with the project's :class:`~common.errors.InputNotFoundError` / ``InvalidInputError`` (one
+line from the command line) before anything is written: no bundle folder or ``configs/metadata.json``, a folder name
+other than letters, digits, ``_`` and ``-``, a ``configs/`` JSON file that does not parse, a ``version`` that is not
+a plain version string, a ``large_files.yml`` that is not MONAI's layout or lists a path outside the bundle, an
+output folder inside the bundle, a previous ``<name>_v*.zip`` inside the bundle, and symlinks that point outside the
+bundle, to a folder, or nowhere. A symlink to a file inside the bundle is packed as that file's bytes; symlinked
+folders are never followed.
 """
 
 from __future__ import annotations
@@ -24,16 +32,18 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import re
 import sys
 import zipfile
 from importlib import metadata as importlib_metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import fire
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.atomic import atomic_path, write_text_atomic  # noqa: E402
+from common.errors import InputNotFoundError, InvalidInputError, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGE = "sam-medical-bundles"
@@ -55,6 +65,12 @@ DISTRIBUTIONS = {
     "av": "av",
 }
 CORE = {"monai", "torch", "numpy", "common"}
+#: A bundle folder name: it names the zip, its top folder and (``_`` for ``-``) the vendored package.
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+#: A metadata ``version``: it goes into the zip's file name, so no separators or ``..``.
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]*")
+#: ``hash_type`` values ``monai.bundle download_large_files`` checks (``monai.apps.utils.SUPPORTED_HASH_TYPES``).
+HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
 
 
 def _module_file(module: str) -> Path | None:
@@ -137,18 +153,74 @@ def import_closure(roots: set[str]) -> tuple[list[Path], set[str]]:
     return sorted(files.values()), third_party - CORE
 
 
+def load_json(file: Path):
+    """The parsed JSON ``file``; a file that does not parse is an :class:`InvalidInputError` naming it."""
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{file}: not UTF-8 text ({e}); save it as UTF-8 JSON") from e
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"{file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix it") from e
+
+
+def bundle_version(bundle: Path) -> str:
+    """``version`` of the bundle's ``configs/metadata.json``, checked to be a plain version string."""
+    meta_file = bundle / "configs" / "metadata.json"
+    meta = load_json(meta_file)
+    if not isinstance(meta, dict) or "version" not in meta:
+        raise InvalidInputError(f'{meta_file}: no \'version\' key; add one such as "version": "0.1.0"')
+    version = meta["version"]
+    if not isinstance(version, str) or not VERSION.fullmatch(version):
+        raise InvalidInputError(
+            f"{meta_file}: 'version' must be a plain version string such as \"0.1.0\" (letters, digits, '.', '+', "
+            f"'_', '-'; it names the zip), got {version!r}"
+        )
+    return version
+
+
+def _bad_large_file_path(path: str) -> bool:
+    posix = PurePosixPath(path)
+    return posix.is_absolute() or ".." in posix.parts or "\\" in path or bool(PureWindowsPath(path).drive)
+
+
 def large_file_paths(bundle: Path) -> set[str]:
-    """Bundle-relative paths listed in ``large_files.yml`` (``path: ...`` lines)."""
+    """Bundle-relative paths listed in ``large_files.yml``, which must be MONAI's layout (``large_files:``, a list
+    of mappings with ``path``, ``url`` and ``hash_val``) and list paths inside the bundle."""
     listing = bundle / "large_files.yml"
     if not listing.is_file():
         return set()
-    return {m.strip().strip("'\"") for m in re.findall(r"path:\s*(\S+)", listing.read_text())}
+    try:
+        data = yaml.safe_load(listing.read_bytes())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise InvalidInputError(f"{listing}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from e
+    layout = "a 'large_files:' list of entries with 'path', 'url' and 'hash_val'"
+    entries = data.get("large_files") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise InvalidInputError(f"{listing}: expected {layout}, found no 'large_files' list")
+    paths = set()
+    for i, entry in enumerate(entries):
+        where = f"{listing}: large_files[{i}]"
+        if not isinstance(entry, dict):
+            raise InvalidInputError(f"{where} is a {type(entry).__name__}; expected {layout}")
+        for key in ("path", "url", "hash_val"):
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
+                raise InvalidInputError(f"{where} has no '{key}' string; expected {layout}")
+        if str(entry.get("hash_type") or "sha256").lower() not in HASH_TYPES:
+            raise InvalidInputError(f"{where}: hash_type {entry['hash_type']!r} is not one of {', '.join(HASH_TYPES)}")
+        if _bad_large_file_path(entry["path"]):
+            raise InvalidInputError(
+                f"{where}: path {entry['path']!r} is outside the bundle; give a path relative to the bundle folder"
+            )
+        paths.add(PurePosixPath(entry["path"]).as_posix())
+    return paths
 
 
 def packaged_metadata(bundle: Path, third_party: set[str]) -> str:
     """The bundle's metadata with the project package replaced by the vendored code's third-party imports, plus
     what the CLI needs: fire for ``python -m monai.bundle``, pyyaml for ``download_large_files``."""
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta = load_json(bundle / "configs" / "metadata.json")
     required = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != PROJECT_PACKAGE}
     cli = {"fire"} | ({"yaml"} if (bundle / "large_files.yml").is_file() else set())
     for module in sorted(third_party | cli):
@@ -158,20 +230,57 @@ def packaged_metadata(bundle: Path, third_party: set[str]) -> str:
     return json.dumps(meta, indent=4) + "\n"
 
 
+def _check_symlink(link: Path, bundle: Path) -> None:
+    """Refuse a symlink unless it resolves to a file inside ``bundle`` (packed as that file's bytes)."""
+    target = Path(os.path.realpath(link))
+    if not target.is_relative_to(bundle):
+        raise InvalidInputError(
+            f"{link} is a symlink to {target}, outside the bundle {bundle}: copy the file into the bundle, or list it "
+            "in large_files.yml"
+        )
+    if not target.is_file():
+        kind = "a folder (symlinked folders are not packed)" if target.is_dir() else "nothing"
+        raise InvalidInputError(f"{link} is a symlink to {kind}: {target}; replace it with a copy")
+
+
+def _packed_files(bundle: Path) -> dict[str, Path]:
+    """``{bundle-relative path: file}`` of the bundle's own files to pack, checked: symlinks (:func:`_check_symlink`),
+    no previous package of the bundle inside it, nothing over 25 MB that ``large_files.yml`` does not list."""
+    skipped_files = large_file_paths(bundle)
+    previous_package = re.compile(rf"{re.escape(bundle.name)}_v.*\.zip(\.sha256)?")
+    files: dict[str, Path] = {}
+    for folder, dirs, names in os.walk(bundle):  # lists symlinked folders in `dirs` but does not enter them
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        for path in [Path(folder, d) for d in dirs if Path(folder, d).is_symlink()] + [Path(folder, n) for n in names]:
+            relative = path.relative_to(bundle).as_posix()
+            if relative in skipped_files:
+                continue
+            if path.is_symlink():
+                _check_symlink(path, bundle)
+            if not path.is_file():  # sockets, pipes
+                continue
+            if previous_package.fullmatch(path.name):
+                raise InvalidInputError(
+                    f"{path} looks like a package of this bundle: move it out of {bundle} (the new zip would contain "
+                    "it) and write packages outside the bundle folder"
+                )
+            if path.stat().st_size > MAX_PACKED_BYTES:
+                listing = bundle / "large_files.yml"
+                raise InvalidInputError(
+                    f"{path} is over 25 MB: list it in {listing} (url + sha256) instead of packing it"
+                )
+            files[relative] = path
+    return files
+
+
 def bundle_entries(bundle: Path) -> dict[str, bytes]:
     """``{archive path: bytes}`` of the packaged bundle, archive paths under ``<name>/``."""
     name = bundle.name
-    skipped_files = large_file_paths(bundle)
-    entries: dict[str, bytes] = {}
-    for file in sorted(bundle.rglob("*")):
-        relative = file.relative_to(bundle).as_posix()
-        if not file.is_file() or SKIPPED_DIRS & set(file.relative_to(bundle).parts) or relative in skipped_files:
-            continue
-        if file.stat().st_size > MAX_PACKED_BYTES:
-            raise ValueError(
-                f"{file} is over 25 MB: list it in {bundle / 'large_files.yml'} (url + sha256) instead of packing it"
-            )
-        entries[f"{name}/{relative}"] = file.read_bytes()
+    own = _packed_files(bundle)
+    for relative, path in own.items():
+        if relative.startswith("configs/") and relative.endswith(".json"):
+            load_json(path)
+    entries = {f"{name}/{relative}": path.read_bytes() for relative, path in sorted(own.items())}
     package = vendored_package(name)
     for arcname in [a for a in entries if a.startswith(f"{name}/configs/") and a.endswith(".json")]:
         entries[arcname] = rewrite_common(entries[arcname].decode(), package).encode()
@@ -195,14 +304,36 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _check_folders(bundle: str, output_dir: str) -> Path:
+    """The resolved bundle folder; raises when it or the output folder cannot be used."""
+    bundle_dir = Path(bundle).resolve()
+    if not bundle_dir.is_dir():
+        what = "is a file, not a folder" if bundle_dir.exists() else "not found"
+        raise InputNotFoundError(f"bundle folder {bundle} {what}; pass a bundle folder such as bundles/medsam")
+    if not (bundle_dir / "configs" / "metadata.json").is_file():
+        raise InputNotFoundError(f"not a bundle (no configs/metadata.json): {bundle_dir}")
+    if not BUNDLE_NAME.fullmatch(bundle_dir.name):
+        raise InvalidInputError(
+            f"bundle folder name {bundle_dir.name!r} ({bundle_dir}): use only letters, digits, '_' and '-', starting "
+            "with a letter or digit (it names the zip, its top folder and the vendored package)"
+        )
+    out = Path(output_dir).resolve()
+    if out.is_relative_to(bundle_dir):
+        raise InvalidInputError(
+            f"output folder {out} is inside the bundle folder {bundle_dir}: the next package would contain this one; "
+            "write it elsewhere (e.g. dist/)"
+        )
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"output folder {out} is a file; pass a folder (it is created if missing)")
+    return bundle_dir
+
+
 def package(bundle: str, output_dir: str = "dist") -> str:
     """Write ``<output_dir>/<name>_v<version>.zip`` (+ ``.sha256``) for the bundle folder; return the zip path."""
-    bundle_dir = Path(bundle).resolve()
-    meta_file = bundle_dir / "configs" / "metadata.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"not a bundle (no configs/metadata.json): {bundle_dir}")
-    version = json.loads(meta_file.read_text())["version"]
-    target = Path(output_dir) / f"{bundle_dir.name}_v{version}.zip"
+    bundle_dir = _check_folders(bundle, output_dir)
+    target = Path(output_dir) / f"{bundle_dir.name}_v{bundle_version(bundle_dir)}.zip"
+    if target.is_dir():
+        raise InvalidInputError(f"{target} is a folder: remove it or pass another output folder")
     entries = bundle_entries(bundle_dir)
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for arcname, data in sorted(entries.items()):
@@ -217,4 +348,4 @@ def package(bundle: str, output_dir: str = "dist") -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire(package)
+    run_cli(package)

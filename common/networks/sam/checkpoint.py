@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -90,12 +91,15 @@ def torch_load_weights(path: str | os.PathLike, map_location: str | torch.device
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        needs = f" (it needs {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) (it pickles non-tensor objects); save a "
-            f"plain state dict instead ({e})"
+            f"{path}: refused: loading it would run code beyond tensors and numbers{needs}; save a plain state dict"
         ) from e
     except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
 
 
 def load_state_dict_file(
@@ -140,6 +144,7 @@ def load_checkpoint(
     prefix: str | None = None,
     map_location: str | torch.device | None = "cpu",
     assign: bool = False,
+    source: str | None = None,
 ):
     """Load a checkpoint file or state dict into ``model``; keys are used as they are (no renaming).
 
@@ -150,6 +155,7 @@ def load_checkpoint(
         hint: appended to the FileNotFoundError message (how to obtain the weights).
         prefix: load only keys starting with ``prefix`` (e.g. ``"image_encoder."``), with the prefix removed.
         map_location / assign: passed to ``torch.load`` / ``load_state_dict`` (``assign=True`` for meta models).
+        source: names an in-memory state dict in error messages (e.g. the file it was read from).
 
     Returns the ``(missing_keys, unexpected_keys)`` result of ``load_state_dict``. Raises
     :class:`CheckpointError` naming the source and the first differing keys.
@@ -158,7 +164,7 @@ def load_checkpoint(
         source = str(path_or_state_dict)
         state = load_state_dict_file(path_or_state_dict, map_location=map_location, hint=hint)
     elif isinstance(path_or_state_dict, Mapping):
-        source = "<in-memory state dict>"
+        source = source or "<in-memory state dict>"
         state = extract_state_dict(path_or_state_dict, source=source)
     else:
         raise TypeError(f"expected a checkpoint path or a state dict, got {type(path_or_state_dict).__name__}")
