@@ -146,8 +146,13 @@ class FileBoxesToArrayd(MapTransform):
             d[key] = torch.as_tensor(boxes, dtype=torch.int64)
             if self.label_key is not None:
                 labels = d.get(self.label_key)
-                labels = np.arange(1, len(boxes) + 1) if labels is None else np.atleast_1d(np.asarray(labels))
-                if labels.shape != (len(boxes),) or not np.all(labels == np.round(labels)) or np.any(labels < 1):
+                labels = np.arange(1, len(boxes) + 1) if labels is None else _numeric(labels)
+                if (
+                    labels is None
+                    or labels.shape != (len(boxes),)
+                    or not np.all(labels == np.round(labels))
+                    or np.any(labels < 1)
+                ):
                     raise InvalidInputError(
                         f"'{self.label_key}' for {source}: need one positive integer label per box "
                         f"({len(boxes)} boxes), got {np.asarray(d.get(self.label_key)).tolist()}."
@@ -156,6 +161,15 @@ class FileBoxesToArrayd(MapTransform):
                     raise InvalidInputError(f"'{self.label_key}' for {source}: labels must be <= 255 (uint8 output).")
                 d[self.label_key] = torch.as_tensor(labels.astype(np.int64))
         return d
+
+
+def _numeric(values) -> np.ndarray | None:
+    """``values`` as a 1-D float array, or ``None`` when they are not numbers (``"liver"``, ``True``, NaN)."""
+    flat = np.atleast_1d(np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=object))
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) for v in flat.ravel()):
+        return None
+    array = flat.astype(np.float64)
+    return array if np.all(np.isfinite(array)) else None
 
 
 def orientationd(keys: KeysCollection, axcodes: str | None):

@@ -157,7 +157,7 @@ def test_not_a_state_dict(tmp_path):
             load_checkpoint(ours(), path)
     pickled = tmp_path / "pickled_object.pth"
     torch.save({"model": _NotAWeight()}, pickled)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="loading it would run code.*_NotAWeight"):
         load_state_dict_file(pickled)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
@@ -165,3 +165,18 @@ def test_not_a_state_dict(tmp_path):
         load_state_dict_file(garbage)
     with pytest.raises(TypeError):
         load_checkpoint(ours(), 42)
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path):
+    state = ours().state_dict()
+    first_float = next(k for k, v in state.items() if v.is_floating_point())
+    bad = {k: v.clone() for k, v in state.items()}
+    bad[first_float].view(-1)[:3] = float("nan")
+    bad[first_float].view(-1)[3] = float("inf")
+    torch.save(bad, tmp_path / "diverged.pt")
+    with pytest.raises(
+        CheckpointError, match=rf"diverged.pt: 4 NaN/infinite value\(s\) in 1 tensor\(s\), first '{first_float}'"
+    ):
+        load_state_dict_file(tmp_path / "diverged.pt")
+    torch.save(state, tmp_path / "fine.pt")
+    assert load_state_dict_file(tmp_path / "fine.pt").keys() == state.keys()
