@@ -294,8 +294,8 @@ CONVERTER_CASES = [
     pytest.param(["litemedsam", "{out}", "--source={src}"], None, ["src.pth not found"], id="missing-lite"),
     pytest.param(["sam3d_published", "{src}", "{out}"], None, ["src.pth not found"], id="missing-sam3d"),
     pytest.param(SAMUS, raw(b""), ["src.pth", "not a PyTorch checkpoint, or a damaged one"], id="empty"),
-    pytest.param(SAMUS, raw(b"hello weights\n"), ["src.pth", "not a readable"], id="text"),
-    pytest.param(SAMUS, truncated, ["src.pth", "not a readable", "zip archive"], id="truncated"),
+    pytest.param(SAMUS, raw(b"hello weights\n"), ["src.pth", "not a PyTorch checkpoint, or a damaged one"], id="text"),
+    pytest.param(SAMUS, truncated, ["src.pth", "not a PyTorch checkpoint, or a damaged one", "zip archive"], id="truncated"),
     pytest.param(
         SAMUS, saved(lambda s: {**s, "x": Instance()}), ["src.pth", "loading it would run code"], id="class-instance"
     ),
@@ -383,7 +383,7 @@ def test_litemedsam_copies_plain_files_and_rewrites_prefixed_ones(tmp_path, monk
 # the real command line, three processes side by side: a DDP checkpoint converts, a truncated one and a bad option fail
 SUBPROCESS_CASES = {
     "ddp": (SAMUS, saved(ddp), None),
-    "truncated": (SAMUS, truncated, ["src.pth", "not a readable"]),
+    "truncated": (SAMUS, truncated, ["src.pth", "not a PyTorch checkpoint, or a damaged one"]),
     "num-slices-0": ([*MSA, "--num_slices=0"], saved(), ["--num_slices", "got 0"]),
 }
 

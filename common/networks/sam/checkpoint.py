@@ -98,7 +98,7 @@ def torch_load_weights(path: str | os.PathLike, map_location: str | torch.device
         ) from e
     except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {str(e)[:200]})"
+            f"{path}: not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {str(e).strip()[:120]})"
         ) from e
 
 
