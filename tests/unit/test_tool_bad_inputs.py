@@ -295,7 +295,9 @@ CONVERTER_CASES = [
     pytest.param(["sam3d_published", "{src}", "{out}"], None, ["src.pth not found"], id="missing-sam3d"),
     pytest.param(SAMUS, raw(b""), ["src.pth", "not a PyTorch checkpoint, or a damaged one"], id="empty"),
     pytest.param(SAMUS, raw(b"hello weights\n"), ["src.pth", "not a PyTorch checkpoint, or a damaged one"], id="text"),
-    pytest.param(SAMUS, truncated, ["src.pth", "not a PyTorch checkpoint, or a damaged one", "zip archive"], id="truncated"),
+    pytest.param(
+        SAMUS, truncated, ["src.pth", "not a PyTorch checkpoint, or a damaged one", "zip archive"], id="truncated"
+    ),
     pytest.param(
         SAMUS, saved(lambda s: {**s, "x": Instance()}), ["src.pth", "loading it would run code"], id="class-instance"
     ),
