@@ -66,11 +66,15 @@ def guard_finite_outputs(network):
     :class:`NonFiniteOutputError` when a floating-point tensor they return holds NaN/Inf; returns ``network``.
 
     Inferers call the stages directly (one encoder call, many decoder calls), so each stage is checked, before any
-    mask is thresholded or written. A wrapper (DDP/DataParallel) is looked through. Cost: one ``isfinite`` per output.
+    mask is thresholded or written. A wrapper (DDP/DataParallel) is looked through; a second call adds nothing.
+    Cost: one ``isfinite`` per output.
     """
     model = _unwrapped(network)
+    if getattr(model, "_finite_outputs_guarded", False):  # once per network (a server asks for it per request)
+        return network
     for name, module in [("network", model), *model.named_children()]:
         module.register_forward_hook(_finite_output_hook(name))
+    model._finite_outputs_guarded = True
     return network
 
 

@@ -4,7 +4,8 @@ ITK reads a truncated ``.nii.gz`` without complaint (the missing voxels come bac
 two DICOM series into one volume, and stacks a series with a missing or truncated slice as if it were whole.
 :func:`check_image_path` refuses these with :class:`~common.errors.InvalidInputError` naming the file:
 
-* any file: empty; not an image ITK can read; more than 3 spatial dimensions; a zero-size axis;
+* any file: empty; not an image ITK can read; more than 3 spatial dimensions; a zero-size axis (a video file is
+  only checked for being empty: its decoder reports damage);
 * NIfTI (``.nii``, ``.nii.gz``): fewer voxel bytes than the header declares (the gzip stream is decompressed once,
   which also checks its CRC);
 * a DICOM folder: no DICOM image files; images of several series (listed with their descriptions); a slice file
@@ -28,6 +29,7 @@ from common.errors import InvalidInputError
 __all__ = ["check_dicom_folder", "check_image_file", "check_image_path"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 _GAP_FACTOR = 1.5  # a step over this multiple of the median step is a missing slice
 _JPEG_FAMILY = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS and JPEG 2000 transfer syntaxes: codestreams end with FFD9
 
@@ -45,6 +47,8 @@ def check_image_file(path: str | os.PathLike, key: str = "image") -> None:
     path = Path(path)
     if path.stat().st_size == 0:
         raise InvalidInputError(f"'{key}': {path} is an empty file")
+    if path.name.lower().endswith(_VIDEO_SUFFIXES):
+        return
     if path.name.lower().endswith(_NIFTI_SUFFIXES):
         shape = _check_nifti(path, key)
     else:

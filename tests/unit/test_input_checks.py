@@ -68,6 +68,11 @@ def test_whole_inputs_pass(tmp_path):
     check_image_path(ct_small_dicom())  # one DICOM file
     check_image_path(_native_series(tmp_path / "native"))
     check_image_path(_nifti(tmp_path / "2d.nii.gz", (5, 6)))
+    (tmp_path / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # a video: left to its decoder
+    check_image_path(tmp_path / "clip.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="empty.mp4 is an empty file"):
+        check_image_path(tmp_path / "empty.mp4")
 
 
 def _truncated_gz(tmp_path):
@@ -221,6 +226,8 @@ def test_a_stage_returning_nan_stops_the_run_before_any_mask():
     torch.manual_seed(0)
     sam = build_tiny_sam().eval()
     bundle.guard_finite_outputs(sam)
+    bundle.guard_finite_outputs(sam)  # idempotent: one hook per stage
+    assert len(sam.image_encoder._forward_hooks) == 1 and len(sam._forward_hooks) == 1
     image = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         sam.image_encoder(image)  # finite: passes

@@ -91,11 +91,15 @@ def torch_load_weights(path: str | os.PathLike, map_location: str | torch.device
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        needs = f" (it needs {found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"{path}: refused: loading it would run code beyond tensors and numbers{needs}; save a plain state dict"
-        ) from e
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: loading it would run code beyond tensors and numbers (it needs {found.group(1)}); "
+                "save a plain state dict"
+            ) from e
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        reason = why.group(1).strip() if why else "unpickling failed"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one ({reason})") from e
     except Exception as e:  # torch.load raises many types for corrupt files (RuntimeError, EOFError, IndexError...)
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {str(e).strip()[:120]})"
