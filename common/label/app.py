@@ -10,7 +10,8 @@ Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)
 ``configs/inference.json`` and ``models/model.pt``. Each becomes an inference task (:mod:`common.label.infer`)
 and, when it has ``configs/train.json`` and its ``inference.json`` does not say ``"served_training": false`` (bundles
 whose training reads datalists of slices or clips, not the datastore's images), a MONAI Label training task (stock
-``BundleTrainTask``).
+``BundleTrainTask``). Requests are checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx
+with the reason, and only datastore images are segmented.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 from common.label.infer import PromptedBundleInferTask
+from common.label.request_checks import check_model_and_image, check_params_before_parsing
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,12 @@ class SamBundlesApp(MONAILabelApp):
             description="Segment Anything adaptations (MedSAM, 3DSAM-adapter, MSA) with clicks and ROI boxes",
             version=importlib_metadata.version("sam-medical-bundles"),
         )
+        check_params_before_parsing()
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``, for served models and datastore images only (:mod:`common.label.request_checks`)."""
+        check_model_and_image(request, self._infers, (datastore or self.datastore()).list_images())
+        return super().infer(request, datastore)
 
     def init_infers(self):
         infers = {}

@@ -19,15 +19,27 @@ boxes and points (SAMUS) needs at least one of them per request. Nothing here im
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 
 PROMPT_KEYS = ("boxes", "box_labels", "points", "point_labels")
+#: Clicks one request may carry per key (3D Slicer and OHIF users place a handful; more is a malformed request).
+MAX_CLICKS = 100
+
+
+def _indices(values, key: str) -> list[int]:
+    """A list of finite numbers -> rounded voxel indices; ValueError naming ``key`` otherwise."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"'{key}' must be a list of voxel indices, got {values!r:.80}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        raise ValueError(f"'{key}' must hold finite numbers, got {list(values)!r:.80}")
+    return [int(round(v)) for v in values]
 
 
 def roi_to_box(roi, dimension: int = 3) -> list[int]:
     """Slicer/OHIF ``roi`` ``[i_a, i_b, j_a, j_b, k_a, k_b]`` -> inclusive box ``[i0, j0, k0, i1, j1, k1]``; with
     ``dimension=2`` ``[i_a, i_b, j_a, j_b]`` (or ``k`` 0) -> ``[i0, j0, i1, j1]``."""
-    values = [int(round(float(v))) for v in roi]
+    values = _indices(roi, "roi")
     if dimension == 2 and len(values) == 6:
         if values[4:] != [0, 0]:
             raise ValueError(f"'roi' on a 2-D image must lie on slice 0 (k = 0), got {list(roi)}")
@@ -41,9 +53,13 @@ def roi_to_box(roi, dimension: int = 3) -> list[int]:
 
 def _clicks(request: Mapping, key: str, dimension: int = 3) -> list[list[int]]:
     clicks = request.get(key) or []
+    if isinstance(clicks, (str, bytes, Mapping)) or not isinstance(clicks, (list, tuple)):
+        raise ValueError(f"'{key}' must be a list of clicks [[i, j, k], ...], got {clicks!r:.80}")
+    if len(clicks) > MAX_CLICKS:
+        raise ValueError(f"'{key}' holds {len(clicks)} clicks; at most {MAX_CLICKS} per request")
     out = []
     for click in clicks:
-        values = [int(round(float(v))) for v in click]
+        values = _indices(click, key)
         if dimension == 2 and len(values) == 3:
             if values[2] != 0:
                 raise ValueError(f"'{key}' clicks on a 2-D image must lie on slice 0 (k = 0), got {list(click)}")
@@ -63,7 +79,8 @@ def request_prompts(
     or box is needed.
 
     Raises ValueError, naming ``model`` and what it takes, when the request lacks the prompt the model needs or
-    sends one it cannot use (a background click to a positive-points-only model).
+    sends one it cannot use (a background click to a positive-points-only model), or a prompt that is not a list
+    of finite numbers of the right length, or more than :data:`MAX_CLICKS` clicks.
     """
     prompts: dict = {}
     if optional and not (request.get("roi") or request.get("foreground") or request.get("background")):

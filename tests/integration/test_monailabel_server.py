@@ -451,6 +451,42 @@ def test_bad_prompt_answers_400_with_the_reason(server, model, params, message):
     assert "Status: 400" in str(error.value) and message in str(error.value)
 
 
+BOX = '{"roi": [1, 9, 1, 9, 1, 9]}'
+MALFORMED_REQUESTS = {
+    "params not JSON": ("medsam", "ct_abdomen_3mm", "{'roi': [1, 2", 400, "'params' is not valid JSON"),
+    "params a list": ("medsam", "ct_abdomen_3mm", "[1, 2]", 400, "'params' must be a JSON object, got list"),
+    "unknown model": ("nosuch", "ct_abdomen_3mm", "{}", 404, "unknown model 'nosuch'"),
+    "unknown image id": ("medsam", "nosuch", BOX, 404, "unknown image id 'nosuch'"),
+    "image path traversal": ("medsam", "../studies/ct_abdomen_3mm", BOX, 404, "unknown image id"),
+    "absolute image path": ("medsam", "/etc/hostname", BOX, 404, "unknown image id"),
+    "study file by path": ("medsam", "@study_path", BOX, 404, "unknown image id"),
+    "roi Infinity": ("medsam", "ct_abdomen_3mm", '{"roi": [1, Infinity, 1, 9, 1, 9]}', 400, "finite numbers"),
+    "roi NaN": ("medsam", "ct_abdomen_3mm", '{"roi": [1, NaN, 1, 9, 1, 9]}', 400, "finite numbers"),
+    "roi strings": ("medsam", "ct_abdomen_3mm", '{"roi": ["a", "b", "c", "d", "e", "f"]}', 400, "finite numbers"),
+    "roi a number": ("medsam", "ct_abdomen_3mm", '{"roi": 5}', 400, "'roi' must be a list"),
+    "10,000 boxes": ("medsam", "ct_abdomen_3mm", json.dumps({"roi": [1, 9] * 30000}), 400, "must hold 6"),
+    "10,000 clicks": ("3dsam_pancreas", "ct_abdomen_3mm", json.dumps({"foreground": [[60, 50, 15]] * 10000}), 400,
+                      "at most 100"),
+    "clicks a string": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": "60,50,15"}', 400, "must be a list"),
+    "click of 2 values": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": [[60, 50]]}', 400, "voxel index"),
+    "click outside": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": [[60, 50, 99]]}', 400, "outside"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_REQUESTS))
+def test_malformed_request_answers_4xx_with_the_reason_and_the_server_keeps_serving(server, studies, case):
+    import requests
+
+    client, _ = server
+    model, image, params, status, reason = MALFORMED_REQUESTS[case]
+    image = str(studies / "ct_abdomen_3mm.nii.gz") if image == "@study_path" else image
+    url = f"{client.get_server_url()}/infer/{requests.utils.quote(model)}"
+    answer = requests.post(url, params={"image": image}, data={"params": params}, timeout=120)
+    assert answer.status_code == status, answer.text[:2000]
+    assert reason in answer.json()["detail"], answer.text[:2000]
+    assert client.info()["models"]  # still serving
+
+
 def test_eight_concurrent_requests_on_two_models(server, ct3):
     """Eight requests at once (four per model, each a different prompt) answer what each answers alone."""
     client, _ = server

@@ -107,3 +107,22 @@ def test_find_bundles(tmp_path):
         app.find_bundles(tmp_path, "with_weights, no_weights")
     with pytest.raises(FileNotFoundError, match="bundles_dir not found"):
         app.find_bundles(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"roi": [1, float("inf"), 1, 9, 1, 9]}, "finite numbers"),
+        ({"roi": [1, float("nan"), 1, 9, 1, 9]}, "finite numbers"),
+        ({"roi": ["1", "9", "1", "9", "1", "9"]}, "finite numbers"),
+        ({"roi": 5}, "'roi' must be a list"),
+        ({"roi": [True, 9, 1, 9, 1, 9]}, "finite numbers"),
+        ({"foreground": "60,50,15"}, "'foreground' must be a list of clicks"),
+        ({"foreground": [[60, 50, 15]] * 101}, "holds 101 clicks; at most 100"),
+        ({"foreground": [[60, None, 15]]}, "finite numbers"),
+    ],
+)
+def test_malformed_prompts_are_value_errors_naming_the_key(request_, message):
+    keys = ("boxes", "box_labels") if "roi" in request_ else ("points",)
+    with pytest.raises(ValueError, match=message):
+        request_prompts(request_, keys, "model")
