@@ -6,7 +6,7 @@ affine.
 * ``permuted``: array axes stored as (y, x, z) (affine columns swapped);
 * ``oblique``: the same voxels under a direction rotated 20 degrees about z and 10 degrees about x (a tilted
   acquisition; the default LPS pipeline picks the nearest axes, then restores the file's grid).
-Each mask is mapped back onto the original voxel grid by the inverse of the (exact) array change, so no
+The box covers the liver on the 5 slices around its middle. Each mask is mapped back onto the original voxel grid by the inverse of the (exact) array change, so no
 interpolation enters the comparison.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 LIVER = 5
+SLAB = 5  # slices of the liver box
 
 
 def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
@@ -56,7 +57,10 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_reoriented_permuted_and_oblique_files_give_the_same_mask(repo_root, totalseg_dir, weights, tmp_path):
     ct = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz"))
     labels = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    where = np.argwhere(labels == LIVER)
+    liver = labels == LIVER
+    middle = int(np.median(np.argwhere(liver)[:, 2]))
+    slab = slice(middle - SLAB // 2, middle + SLAB // 2 + 1)  # a 5-slice box keeps the four runs short
+    where = np.argwhere(liver[:, :, slab]) + [0, 0, slab.start]
     box = [*where.min(0).tolist(), *where.max(0).tolist()]
     array = np.asarray(ct.dataobj).astype(np.int16)
     masks = {}
@@ -78,9 +82,12 @@ def test_reoriented_permuted_and_oblique_files_give_the_same_mask(repo_root, tot
         assert seg.shape == data.shape
         masks[name] = back(np.asarray(seg.dataobj) > 0)
     reference = masks.pop("original")
-    assert _dice(reference, labels == LIVER) > 0.8  # a real liver, not an empty or full mask
-    for name, mask in masks.items():
-        assert _dice(mask, reference) >= 0.99, name
+    in_slab = np.zeros_like(liver)
+    in_slab[:, :, slab] = liver[:, :, slab]
+    assert _dice(reference, in_slab) > 0.8  # a real liver, not an empty or full mask
+    dices = {name: round(float(_dice(mask, reference)), 4) for name, mask in masks.items()}
+    print(f"liver Dice to the reference label {_dice(reference, in_slab):.4f}; to the original's mask {dices}")
+    assert all(d >= 0.99 for d in dices.values()), dices
 
 
 @pytest.fixture(scope="module")
