@@ -6,8 +6,8 @@ affine.
 * ``permuted``: array axes stored as (y, x, z) (affine columns swapped);
 * ``oblique``: the same voxels under a direction rotated 20 degrees about z and 10 degrees about x (a tilted
   acquisition; the default LPS pipeline picks the nearest axes, then restores the file's grid).
-The box covers the liver on the 5 slices around its middle. Each mask is mapped back onto the original voxel grid by the inverse of the (exact) array change, so no
-interpolation enters the comparison.
+The box covers the liver on the 5 slices around its middle. Each mask is mapped back onto the original voxel grid
+by the inverse of the (exact) array change, so no interpolation enters the comparison.
 """
 
 from __future__ import annotations
