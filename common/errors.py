@@ -77,7 +77,14 @@ def full_tracebacks() -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()
+    """``Type: message`` on one line (a multi-line message, e.g. a checkpoint's misfitting keys, joined by ``; ``)."""
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    return "; ".join(lines).replace(":; ", ": ")
+
+
+def _report_input_error(cause: BaseException) -> None:
+    print(f"(input error; set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
+    print(f"error: {_one_line(cause)}", file=sys.stderr)
 
 
 class _HideInputErrorRecords(logging.Filter):
@@ -105,8 +112,7 @@ def filter_every_handler() -> None:
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     cause = input_error(exc)
     if cause is not None:
-        print(f"(input error; set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
-        print(f"error: {_one_line(cause)}", file=sys.stderr)
+        _report_input_error(cause)
         return
     traceback.print_exception(kind, exc, tb)
     root = error_chain(exc)[-1]
@@ -148,9 +154,8 @@ def readable_errors() -> bool:
 
 def run_cli(component) -> None:
     """``fire.Fire(component)`` for the project's tools: an input error (one the exception is or wraps) is reported
-    as :func:`readable_errors` reports it, in exactly two lines (a multi-line message is joined into one), and exits
-    with status 1. Other errors, and every error under ``SAM_BUNDLES_TRACEBACK``, keep their traceback; Fire's own
-    usage errors still exit with status 2."""
+    as :func:`readable_errors` reports it, in exactly two lines, and exits with status 1. Other errors, and every
+    error under ``SAM_BUNDLES_TRACEBACK``, keep their traceback; Fire's own usage errors still exit with status 2."""
     import fire
 
     try:
@@ -159,7 +164,5 @@ def run_cli(component) -> None:
         cause = input_error(exc)
         if cause is None or full_tracebacks():
             raise
-        lines = [line.strip() for line in _one_line(cause).splitlines() if line.strip()]
-        print(f"(input error; set {TRACEBACK_ENV}=1 for the full traceback)", file=sys.stderr)
-        print(f"error: {'; '.join(lines).replace(':; ', ': ')}", file=sys.stderr)
+        _report_input_error(cause)
         sys.exit(1)

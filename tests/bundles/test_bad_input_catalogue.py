@@ -87,6 +87,7 @@ def _cases(shared: Path, tmp: Path, weights: Path) -> dict[str, tuple[tuple, str
     (tmp / "texts").mkdir()
     (tmp / "texts" / "readme.txt").write_text("no images here")
     nan_weights = _weights_like(weights, tmp / "nan_weights.pt", _with_nan)
+    misfit = _weights_like(weights, tmp / "misfit.pt", lambda state: dict(list(state.items())[1:]))
     (tmp / "garbage.pt").write_bytes(b"not a checkpoint")
     small = ct_small_dicom()
     return {
@@ -108,6 +109,10 @@ def _cases(shared: Path, tmp: Path, weights: Path) -> dict[str, tuple[tuple, str
         "NaN weights": (
             _medsam(small, weights=nan_weights),
             ("nan_weights.pt", "NaN/infinite value(s) in 1 tensor(s)"),
+        ),
+        "misfitting weights": (  # a multi-line message, reported on one line
+            _medsam(small, weights=misfit),
+            ("misfit.pt does not fit", "1 missing key(s)"),
         ),
         "garbage weights": (_medsam(small, weights=tmp / "garbage.pt"), "garbage.pt: not a PyTorch checkpoint"),
         "missing weights": (_medsam(small, weights="/no/such/model.pt"), "model weights not found: /no/such/model.pt"),
@@ -161,8 +166,9 @@ def catalogue(repo_root, totalseg_dir, weights, tmp_path_factory):
 CASE_NAMES = [
     "truncated gzip", "header only", "empty file", "text named nifti", "not an image", "4-D image", "zero-size image",
     "NaN voxels", "two series", "missing slice", "repeated slice", "truncated slice", "folder of NIfTI",
-    "folder of text", "missing image", "NaN weights", "garbage weights", "missing weights", "string box label",
-    "box label 300", "inverted box", "mistyped override", "device cuda", "MSA label 300", "MSA label 2.5",
+    "folder of text", "missing image", "NaN weights", "misfitting weights", "garbage weights", "missing weights",
+    "string box label", "box label 300", "inverted box", "mistyped override", "device cuda", "MSA label 300",
+    "MSA label 2.5",
     "3DSAM label -1", "3DSAM label string", "3DSAM inverted HU", "3DSAM zero std", "MSA depth grouping",
 ]  # fmt: skip
 
