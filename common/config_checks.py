@@ -21,7 +21,7 @@ import torch
 
 from common.errors import InvalidInputError
 
-__all__ = ["check_cli_overrides", "device", "label_value", "one_of", "positive", "value_range"]
+__all__ = ["check_cli_overrides", "device", "finite_numbers", "label_value", "one_of", "positive", "value_range"]
 
 
 def label_value(value, key: str = "output_label", highest: int = 255) -> int:
@@ -33,7 +33,7 @@ def label_value(value, key: str = "output_label", highest: int = 255) -> int:
 
 def value_range(pair, key: str) -> tuple[float, float]:
     """Two finite numbers ``[low, high]`` with ``low < high`` (an intensity window, a HU range)."""
-    numbers = _numbers(pair, key)
+    numbers = finite_numbers(pair, key)
     if len(numbers) != 2 or not numbers[0] < numbers[1]:
         raise InvalidInputError(f"'{key}' must be [low, high] with low < high, got {pair!r}")
     return numbers[0], numbers[1]
@@ -41,7 +41,7 @@ def value_range(pair, key: str) -> tuple[float, float]:
 
 def positive(value, key: str) -> float:
     """A finite number above 0 (a standard deviation, a spacing)."""
-    (number,) = _numbers([value], key)
+    (number,) = finite_numbers([value], key)
     if number <= 0:
         raise InvalidInputError(f"'{key}' must be a number above 0, got {value!r}")
     return number
@@ -54,11 +54,12 @@ def one_of(value, key: str, choices: Sequence):
     return value
 
 
-def _numbers(values, key: str) -> list[float]:
+def finite_numbers(values, key: str) -> list[float]:
+    """A list (or tuple) of finite ints/floats (not bools) as floats; the message shows at most 80 characters."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidInputError(f"'{key}' must be a list of numbers, got {values!r}")
+        raise InvalidInputError(f"'{key}' must be a list of numbers, got {values!r:.80}")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-        raise InvalidInputError(f"'{key}' must hold finite numbers, got {values!r}")
+        raise InvalidInputError(f"'{key}' must hold finite numbers, got {list(values)!r:.80}")
     return [float(v) for v in values]
 
 

@@ -19,8 +19,9 @@ boxes and points (SAMUS) needs at least one of them per request. Nothing here im
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
+
+from common.config_checks import finite_numbers
 
 PROMPT_KEYS = ("boxes", "box_labels", "points", "point_labels")
 #: Clicks one request may carry per key (3D Slicer and OHIF users place a handful; more is a malformed request).
@@ -28,12 +29,8 @@ MAX_CLICKS = 100
 
 
 def _indices(values, key: str) -> list[int]:
-    """A list of finite numbers -> rounded voxel indices; ValueError naming ``key`` otherwise."""
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (list, tuple)):
-        raise ValueError(f"'{key}' must be a list of voxel indices, got {values!r:.80}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-        raise ValueError(f"'{key}' must hold finite numbers, got {list(values)!r:.80}")
-    return [int(round(v)) for v in values]
+    """A list of finite numbers -> rounded voxel indices; a ValueError naming ``key`` otherwise."""
+    return [int(round(v)) for v in finite_numbers(values, key)]
 
 
 def roi_to_box(roi, dimension: int = 3) -> list[int]:
