@@ -80,8 +80,7 @@ def guard_finite_outputs(network):
 
 def _finite_output_hook(stage: str):
     def hook(module, args, output):
-        tensors = [output] if isinstance(output, torch.Tensor) else _tensors_in(output)
-        bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in _tensors_in(output) if t.is_floating_point())
         if bad:
             raise NonFiniteOutputError(
                 f"the network's {stage} ({type(module).__name__}) returned {bad} NaN/infinite value(s); nothing was "
