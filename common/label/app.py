@@ -10,7 +10,8 @@ Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)
 ``configs/inference.json`` and ``models/model.pt``. Each becomes an inference task (:mod:`common.label.infer`)
 and, when it has ``configs/train.json`` and its ``inference.json`` does not say ``"served_training": false`` (bundles
 whose training reads datalists of slices or clips, not the datastore's images), a MONAI Label training task (stock
-``BundleTrainTask``). Requests are checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx
+``BundleTrainTask``). ``--studies`` may be a DICOMweb URL (a PACS: :mod:`common.label.pacs`; final labels are
+saved there as DICOM SEG). Requests are checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx
 with the reason, and only datastore images are segmented.
 """
 
@@ -22,6 +23,7 @@ import os
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
@@ -29,6 +31,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 from common.label.infer import PromptedBundleInferTask
+from common.label.pacs import dicomweb_datastore
 from common.label.request_checks import check_model_and_image, check_params_before_parsing
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,13 @@ class SamBundlesApp(MONAILabelApp):
         """MONAI Label's ``infer``, for served models and datastore images only (:mod:`common.label.request_checks`)."""
         check_model_and_image(request, self._infers, (datastore or self.datastore()).list_images())
         return super().infer(request, datastore)
+
+    def init_remote_datastore(self):
+        """A DICOMweb URL (a PACS) -> :func:`common.label.pacs.dicomweb_datastore`; XNAT, DSA and Google's
+        Healthcare API as MONAI Label does it."""
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa") or "googleapis.com" in self.studies:
+            return super().init_remote_datastore()
+        return dicomweb_datastore(self.studies)
 
     def init_infers(self):
         infers = {}

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -25,18 +24,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from label_servers import monailabel_server
 from monai.bundle import ConfigParser
 from PIL import Image
-from workflow_utils import (
-    box_of,
-    dice,
-    free_port,
-    load_strict,
-    process_group_alive,
-    run_inference,
-    save_weights,
-    stop_process_group,
-)
+from workflow_utils import box_of, dice, load_strict, run_inference, save_weights
 
 from common.data.synthetic_sunseg import synthetic_clip
 from common.networks.medsam import build_lite_medsam
@@ -54,7 +45,6 @@ ClientError = client_module.client.MONAILabelClientException
 
 LIVER, PANCREAS = 5, 7
 MSA_SLICES = 16
-SERVER_START_S = 240
 TRAIN_TIMEOUT_S = 420
 # measured 0.9063 through the server (= the bundle's inference.json, voxel for voxel); evaluate.json's propagation
 # protocol gives 0.9155 on this volume (docs/zero_shot_dice.json). A drop of more than ~0.015 fails.
@@ -189,52 +179,6 @@ def studies(totalseg_dir, ultrasound_dir, tmp_path_factory) -> Path:
     return root
 
 
-@contextmanager
-def monailabel_server(repo_root: Path, app: Path, studies: Path, conf: dict, log: Path):
-    """``monailabel start_server`` on 127.0.0.1 in its own process group; yields a client once ``/info`` answers.
-    On exit the whole group (server, training subprocesses) is stopped and checked gone."""
-    port = free_port()
-    env = dict(os.environ)
-    env["MONAILABEL_PYEXE"] = sys.executable
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo_root / "tests" / "monailabel_site")  # torchvision stand-in, see sitecustomize.py
-    env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
-    command = [
-        str(Path(sys.executable).parent / "monailabel"),
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    for key, value in conf.items():
-        command += ["--conf", key, str(value)]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    client = client_module.MONAILabelClient(f"http://127.0.0.1:{port}", tmpdir=str(log.parent))
-    try:
-        deadline = time.time() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"monailabel exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                client.info()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    pytest.fail(f"monailabel did not answer within {SERVER_START_S} s:\n{log.read_text()[-4000:]}")
-                time.sleep(2)
-        yield client
-    finally:
-        stop_process_group(process, grace_s=30)
-        process.wait(timeout=30)
-        assert not process_group_alive(process.pid), "a process started by the MONAI Label server outlived it"
-
-
 @pytest.fixture(scope="module")
 def server(repo_root, bundles_dir, studies, tmp_path_factory):
     """The project's app (apps/sam_bundles) over the test bundles; yields ``(client, log path)``."""
@@ -242,7 +186,7 @@ def server(repo_root, bundles_dir, studies, tmp_path_factory):
     conf = {"bundles_dir": bundles_dir, "embedding_cache_mb": 512}
     # a copy of the app folder: monailabel creates logs/, model/, lib/ and bin/ inside the app it starts
     app = shutil.copytree(repo_root / "apps" / "sam_bundles", log.parent / "sam_bundles")
-    with monailabel_server(repo_root, app, studies, conf, log) as client:
+    with monailabel_server(app, studies, conf, log) as client:
         yield client, log
 
 
@@ -546,7 +490,7 @@ def test_stock_monaibundle_app_loads_local_bundles(repo_root, bundles_dir, studi
     for name in ("medsam", "3dsam_pancreas"):
         (app / "model" / name).symlink_to(bundles_dir / name, target_is_directory=True)
     conf = {"models": "medsam,3dsam_pancreas", "zoo_source": "github", "sam2": "false"}
-    with monailabel_server(repo_root, app, studies, conf, tmp_path / "stock.log") as client:
+    with monailabel_server(app, studies, conf, tmp_path / "stock.log") as client:
         info = client.info()
     assert set(info["models"]) == {"medsam", "3dsam_pancreas"}
     assert set(info["trainers"]) == {"medsam", "3dsam_pancreas"}
