@@ -29,7 +29,7 @@ from monai.transforms import AsDiscreted, CastToTyped, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from common.bundle import guard_finite_outputs
+from common.bundle import guard_finite_outputs, optimise_for_inference
 from common.label.cache import StackEmbeddingCache, cache_image_embeddings
 from common.label.request_prompts import PROMPT_KEYS, request_prompts
 from common.transforms.io import AtomicSaveImaged
@@ -123,6 +123,7 @@ class PromptedBundleInferTask(BundleInferTask):
     def _get_network(self, device, data):
         network = super()._get_network(device, data)
         if network is not None:
+            optimise_for_inference(network)  # again on every call: MONAI Label reloads changed weights in place
             guard_finite_outputs(network)  # a NaN answer is an error, as on the command line
         if network is not None and self.cache_bytes > 0:
             cache = cache_image_embeddings(network, self.cache_bytes)

@@ -22,6 +22,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResampleT
 from workflow_utils import box_of, checked_properties, dice, expect_failure, files_left, make_workflow, run_inference
 
 from common.data.examples import ct_small_dicom
+from common.networks.sam.tiny_vit import ConvBN
 
 CT_SMALL_BOX = [72, 0, 109, 28]  # the default input_dict of inference.json: the descending aorta on CT_small.dcm
 
@@ -146,9 +147,16 @@ def test_inference_nifti_boxes_follow_orientation(configs, totalseg_dir, ct3, ax
 
 @pytest.mark.usefixtures("weights")
 def test_inference_default_input(configs, tmp_path):
-    """No input_dict override: pydicom's CT_small.dcm with the aorta box (a 2D box on a one-slice image)."""
+    """No input_dict override: pydicom's CT_small.dcm with the aorta box (a 2D box on a one-slice image); the
+    encoder runs with its conv/BN pairs folded (``bundle.optimise_for_inference``)."""
     out = tmp_path / "out"
-    run_inference(configs, out)
+    batchnorms_run = []
+    with pytest.MonkeyPatch.context() as mp:  # a folded pair never runs its BatchNorm
+        mp.setattr(ConvBN, "fold", lambda self, fold=ConvBN.fold: (fold(self), batchnorms_run.append(0)))
+        original = torch.nn.BatchNorm2d.forward
+        mp.setattr(torch.nn.BatchNorm2d, "forward", lambda self, x: (batchnorms_run.append(1), original(self, x))[1])
+        run_inference(configs, out)
+    assert batchnorms_run.count(0) > 0 and batchnorms_run.count(1) == 0
     assert files_left(out) == ["CT_small_seg.nii.gz"]
     pred = np.asarray(nib.load(str(out / "CT_small_seg.nii.gz")).dataobj)
     assert pred.shape == (128, 128, 1)
@@ -252,16 +260,14 @@ def test_evaluate_tiny(configs, tiny_eval_dataset, tmp_path):
     assert files_left(out) == ["metrics.csv", "metrics.json"]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
+    protocols = ["propagation", "propagation label map", "slices", "slices label map"]
     assert sorted((r["protocol"], r["structure"]) for r in rows) == [
-        ("propagation", "kidney_left"),
-        ("propagation", "liver"),
-        ("slices", "kidney_left"),
-        ("slices", "liver"),
+        (p, s) for p in protocols for s in ("kidney_left", "liver")
     ]
     assert all(r["case"].startswith("crop") for r in rows)
     assert all(float(r["dice"]) > 0.7 and 0.0 <= float(r["nsd"]) <= 1.0 for r in rows), rows
     summary = json.loads((out / "metrics.json").read_text())["summary"]
-    assert summary["propagation"]["liver"]["cases"] == 1
+    assert summary["propagation"]["liver"]["cases"] == summary["propagation label map"]["liver"]["cases"] == 1
 
 
 # ------------------------------------------------------------------------------------------------------- bad input

@@ -159,3 +159,54 @@ def test_bad_input_shape_is_reported():
         model(torch.rand(1, 3, 64, 64))
     with pytest.raises(ValueError, match="num_heads has 3 entries"):
         TinyViT(num_heads=(2, 4, 5))
+
+
+def test_folded_batchnorms_equal_the_pairs_and_keep_the_state_dict(encoder_state, totalseg_dir):
+    """The fast path on the real weights and a real CT slice: folded conv/BN pairs give the same embedding (float32,
+    within 1e-4 as issue 15 asks; measured ~6e-6), the state dict is untouched (loads strictly, no new keys), and the
+    pairs run again in training, with gradients, and after loading other weights (no stale fold)."""
+    nib = pytest.importorskip("nibabel")
+    from common.networks.sam.tiny_vit import ConvBN, fold_batchnorms
+
+    volume = nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz")).get_fdata(dtype="float32")
+    axial = (torch.from_numpy(volume[:, :, 15].copy()).clamp(-160.0, 240.0) + 160.0) / 400.0
+    image = F.interpolate(axial[None, None], size=(256, 256), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    model = TinyViT().eval()
+    model.load_state_dict(encoder_state, strict=True)
+    with torch.no_grad():
+        plain = model(image)
+        fold_batchnorms(model)
+        pairs = [m for m in model.modules() if isinstance(m, ConvBN)]
+        assert pairs and all(m.folded_weight is not None for m in pairs)
+        folded = model(image)
+    assert set(model.state_dict()) == set(encoder_state)
+    assert (folded - plain).abs().max().item() < 1e-4 and not torch.equal(folded, plain)  # the fold did run
+
+    calls = []
+    pairs[0].bn.register_forward_hook(lambda *_: calls.append(1))  # the BN runs only when the pair is not folded
+    with torch.no_grad():
+        model(image)
+    assert not calls
+    model(image)  # gradients on: the pair runs
+    assert len(calls) == 1
+    _randomise(model, seed=3)
+    model.load_state_dict(model.state_dict())  # new weights: the fold is dropped
+    assert all(m.folded_weight is None for m in pairs)
+    fold_batchnorms(model).train()
+    assert all(m.folded_weight is None for m in pairs)
+
+
+def test_window_attention_mask_is_4d():
+    """SDPA gets the bias as a 4-D ``(1, heads, N, N)`` mask: with a 3-D one it falls back to its unfused kernel."""
+    attn = TinyViT(img_size=32, **TINY).layers[1].blocks[0].attn
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append(attn_mask.shape)
+        return original(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "scaled_dot_product_attention", spy)
+        attn(torch.rand(3, 49, attn.qkv.in_features))
+    assert seen == [(1, attn.num_heads, 49, 49)]

@@ -32,6 +32,7 @@ match ``monai.networks.blocks.MLPBlock`` / ``SABlock``; MONAI's ``DropPath`` is 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from .common import LayerNorm2d
 
 __all__ = [
     "ConvBN",
+    "fold_batchnorms",
     "PatchEmbed",
     "MBConv",
     "PatchMerging",
@@ -71,8 +73,13 @@ class ConvBN(nn.Sequential):
     """Bias-free ``Conv2d`` (``c``) followed by ``BatchNorm2d`` (``bn``); ``(B, Cin, H, W) -> (B, Cout, H', W')``.
 
     Padding is ``kernel_size // 2``; ``bn_weight_init`` sets the initial BN scale (0 makes a residual
-    branch start as identity).
+    branch start as identity). :meth:`fold` precomputes the pair as one convolution for inference.
     """
+
+    c: nn.Conv2d
+    bn: nn.BatchNorm2d
+    folded_weight: torch.Tensor | None
+    folded_bias: torch.Tensor | None
 
     def __init__(
         self,
@@ -91,6 +98,47 @@ class ConvBN(nn.Sequential):
         nn.init.constant_(bn.weight, bn_weight_init)
         nn.init.zeros_(bn.bias)
         self.add_module("bn", bn)
+        # not in the state dict: checkpoints keep the c/bn layout and load strictly; moved by .to() like any buffer
+        self.register_buffer("folded_weight", None, persistent=False)
+        self.register_buffer("folded_bias", None, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module.unfold())
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Precompute ``bn(c(x))`` with BN's running statistics as one biased convolution, used in eval mode without
+        gradients (inference); equal to the pair up to float rounding. Undone by :meth:`unfold`, ``train()`` and
+        ``load_state_dict``."""
+        bn = self.bn
+        mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+        scale = bn.weight / torch.sqrt(var + bn.eps)
+        self.folded_weight = self.c.weight * scale.view(-1, 1, 1, 1)
+        self.folded_bias = bn.bias - mean * scale
+
+    def unfold(self) -> None:
+        self.folded_weight = self.folded_bias = None
+
+    def train(self, mode: bool = True) -> "ConvBN":
+        if mode:
+            self.unfold()
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded_weight is None or self.training or torch.is_grad_enabled():
+            return super().forward(x)
+        c = self.c
+        return F.conv2d(x, self.folded_weight, self.folded_bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """:meth:`ConvBN.fold` every conv/BN pair of ``module`` (a TinyViT, or a network holding one); returns it.
+
+    For inference only: the folded convolution runs when the module is in eval mode and gradients are off. A
+    module without pairs is returned unchanged.
+    """
+    for child in module.modules():
+        if isinstance(child, ConvBN):
+            child.fold()
+    return module
 
 
 class PatchEmbed(nn.Module):
@@ -201,7 +249,8 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B_windows, heads, N, head_dim)
         bias = self.attention_biases[:, self.attention_bias_index].to(q.dtype)  # (heads, N, N)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # a 4-D mask: with a 3-D one SDPA falls back to its unfused math kernel on CPU
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
