@@ -25,6 +25,14 @@ from common.transforms.io import output_stem
 logger = logging.getLogger(__name__)
 
 
+def highest_score_labels(scores: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """``(S, X, Y, Z)`` per-structure scores -> ``(X, Y, Z)`` int64 label map: ``s + 1`` for the structure with the
+    highest score where it exceeds ``threshold``, else 0 (ties: the first). The rule of a label map that keeps each
+    structure where masks overlap (``BoxPropagationInferer(overlap="highest")``)."""
+    best, index = scores.max(dim=0)
+    return torch.where(best > threshold, index + 1, torch.zeros_like(index))
+
+
 def structure_scores(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -54,8 +62,10 @@ class StructureMetricsReport:
     """Ignite handler: collect per-structure Dice/NSD for each case and write ``<output_dir>/<name>.csv|.json``.
 
     Expects decollated outputs with ``pred`` ``(P * S, X, Y, Z)`` (protocol-major channels, see
-    ``EvaluationBoxesd``) and ``label`` ``(S, X, Y, Z)`` carrying its ``affine``; cases are named after the image
-    file (or DICOM folder) without suffix.
+    ``EvaluationBoxesd``; a structure is where its channel exceeds ``threshold``) and ``label`` ``(S, X, Y, Z)``
+    carrying its ``affine``; cases are named after the image file (or DICOM folder) without suffix. With
+    ``label_map=True`` each protocol is also scored as the label map a user receives, the structures merged by
+    :func:`highest_score_labels`, in rows of protocol ``"<protocol> label map"``.
 
     Args:
         output_dir: folder for the report files.
@@ -65,6 +75,9 @@ class StructureMetricsReport:
         tolerance_mm: NSD tolerance (2 mm, as the LiteMedSAM challenge).
         use_subvoxels: NSD over surface areas (see :func:`structure_scores`).
         name: file stem of the report.
+        threshold: a structure's channel value above which a voxel belongs to it (0.5 for 0/1 masks; 0 for
+            logit scores).
+        label_map: also score the merged label map of each protocol (needs scores, not 0/1 masks, to merge).
     """
 
     def __init__(
@@ -76,8 +89,11 @@ class StructureMetricsReport:
         tolerance_mm: float = 2.0,
         use_subvoxels: bool = False,
         name: str = "metrics",
+        threshold: float = 0.5,
+        label_map: bool = False,
     ):
         self.output_dir, self.name = output_dir, name
+        self.threshold, self.label_map = threshold, label_map
         self.structures = [int(s) for s in structures]
         self.names = list(structure_names) if structure_names else [str(s) for s in self.structures]
         self.protocols, self.tolerance_mm, self.use_subvoxels = list(protocols), tolerance_mm, use_subvoxels
@@ -94,11 +110,16 @@ class StructureMetricsReport:
     def add_case(self, case: str, pred: torch.Tensor, label: torch.Tensor, spacing: Sequence[float]) -> list[dict]:
         """Score one case; returns (and keeps) its rows."""
         n = len(self.structures)
-        rows = []
+        scored = []
         for p, protocol in enumerate(self.protocols):
-            dice, nsd = structure_scores(
-                pred[p * n : (p + 1) * n], label, spacing, self.tolerance_mm, self.use_subvoxels
-            )
+            channels = pred[p * n : (p + 1) * n]
+            scored.append((protocol, channels > self.threshold))
+            if self.label_map:
+                merged = highest_score_labels(channels, self.threshold)
+                scored.append((f"{protocol} label map", torch.stack([merged == s + 1 for s in range(n)])))
+        rows = []
+        for protocol, masks in scored:
+            dice, nsd = structure_scores(masks, label, spacing, self.tolerance_mm, self.use_subvoxels)
             for s, value in enumerate(self.structures):
                 if math.isnan(dice[s]):
                     continue
@@ -130,9 +151,9 @@ class StructureMetricsReport:
                 )
 
     def summary(self) -> dict:
-        """Mean Dice/NSD per protocol and structure over cases."""
+        """Mean Dice/NSD per protocol (and label map) and structure over cases."""
         out: dict = {}
-        for protocol in self.protocols:
+        for protocol in dict.fromkeys(r["protocol"] for r in self.rows):
             for name in self.names:
                 sel = [r for r in self.rows if r["protocol"] == protocol and r["structure"] == name]
                 if sel:

@@ -175,8 +175,9 @@ class SliceGeometry:
         x = F.interpolate(logits_hw.float()[None, None], size=(crop_h, crop_w), mode="bilinear", align_corners=False)
         return F.pad(x[0], (0, mask_size - crop_w, 0, mask_size - crop_h), value=MASK_PAD_LOGIT)
 
-    def logits_to_mask(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """``(..., L, L)`` low-res logits -> ``(..., H, W)`` bool mask (sigmoid > 0.5)."""
+    def logits_to_image(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """``(..., L, L)`` low-res logits -> ``(..., H, W)`` float32 logits on the image grid (padding cropped,
+        bilinear)."""
         low = low_res_logits.shape[-1]
         crop_h = round(self.new_h * low / self.size)
         crop_w = round(self.new_w * low / self.size)
@@ -188,7 +189,11 @@ class SliceGeometry:
             mode="bilinear",
             align_corners=False,
         )
-        return (x > 0).reshape(*lead, self.height, self.width)
+        return x.reshape(*lead, self.height, self.width)
+
+    def logits_to_mask(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """``(..., L, L)`` low-res logits -> ``(..., H, W)`` bool mask (sigmoid > 0.5)."""
+        return self.logits_to_image(low_res_logits) > 0
 
     def mask_to_model_box(self, mask_hw: torch.Tensor, margin: int, value: float = 1.0) -> torch.Tensor | None:
         """Tight box of a slice mask at network scale, widened by ``margin`` px and clamped to [0, S].

@@ -100,7 +100,7 @@ def segmentations(case, models, reference_module):
     image = torch.from_numpy(np.ascontiguousarray(hu_zyx.transpose(2, 1, 0))).float()[None]
     window = CTWindowd(keys="image", window="abdomen", b_min=0.0, b_max=255.0)
     image = torch.as_tensor(window({"image": image})["image"])
-    inferer = BoxPropagationInferer(image_size=256, keep_aspect_ratio=True, box_margin=3, quantize=True)
+    inferer = BoxPropagationInferer(image_size=256, keep_aspect_ratio=True, box_margin=3, quantize=True, overlap="last")
     # our labels are the organ ids; the propagation value is the reference's box index (1, 2)
     out = inferer(
         image[None],

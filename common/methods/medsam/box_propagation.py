@@ -69,9 +69,12 @@ class BoxPropagationInferer(Inferer):
     ``box_labels`` ``(B, N)``.
     ``network`` provides ``encode(images)`` and ``decode(embeddings, boxes=...)`` (``common.networks.sam.Sam``).
 
-    Returns ``(B, 1, X, Y[, Z])`` int64 label map (later boxes overwrite earlier ones), or with
-    ``output="channels"`` ``(B, num_channels, X, Y[, Z])`` float masks where label ``v`` goes to channel ``v - 1``
-    (boxes sharing a label are OR-ed; ``num_channels`` defaults to the largest label).
+    Returns ``(B, 1, X, Y[, Z])`` int64 label map, or with ``output="channels"`` ``(B, num_channels, X, Y[, Z])``
+    float32 scores where label ``v`` goes to channel ``v - 1``: the box's logit where its mask holds (always > 0),
+    0 elsewhere, so ``> 0`` is the mask (boxes sharing a label keep the higher logit, their masks OR-ed;
+    ``num_channels`` defaults to the largest label). Where the masks of boxes overlap, the label map takes the box
+    with the highest logit there (``overlap="highest"``, default), or the last box (``overlap="last"``: the
+    LiteMedSAM CVPR24 script, which writes boxes in order, so a later organ's mask overwrites an earlier one).
 
     Args:
         image_size: network input size (256 LiteMedSAM, 1024 MedSAM).
@@ -81,6 +84,7 @@ class BoxPropagationInferer(Inferer):
         output: ``"labels"`` or ``"channels"``.
         num_channels: channel count for ``output="channels"``.
         mask_value: ``"label"`` or a number; see above.
+        overlap: ``"highest"`` or ``"last"``; see above.
     """
 
     def __init__(
@@ -92,10 +96,14 @@ class BoxPropagationInferer(Inferer):
         output: str = "labels",
         num_channels: int | None = None,
         mask_value: str | float = "label",
+        overlap: str = "highest",
     ):
         super().__init__()
         if output not in ("labels", "channels"):
             raise ValueError(f"output must be 'labels' or 'channels', got {output!r}")
+        if overlap not in ("highest", "last"):
+            raise ValueError(f"overlap must be 'highest' or 'last', got {overlap!r}")
+        self.overlap = overlap
         self.image_size, self.keep_aspect_ratio = image_size, keep_aspect_ratio
         self.box_margin, self.quantize, self.output = box_margin, quantize, output
         self.num_channels = num_channels
@@ -146,36 +154,42 @@ class BoxPropagationInferer(Inferer):
         )
         if self.output == "labels":
             out = torch.zeros((1, size_x, size_y, size_z), dtype=torch.int64, device=volume.device)
+            best = torch.full((size_x, size_y, size_z), -torch.inf, device=volume.device)  # logit of the label kept
         else:
             channels = self.num_channels or int(labels.max())
             out = torch.zeros((channels, size_x, size_y, size_z), dtype=torch.float32, device=volume.device)
         for i, (box, plan) in enumerate(zip(boxes.tolist(), plans)):
             logger.info(f"box {i + 1}/{len(plans)} (label {int(labels[i])}): slices {box[2]}-{box[5]}")
-            mask = self._propagate(box, plan, geometry, cache, network, size_z, float(values[i]))
-            mask = mask.to(out.device)
-            if self.output == "labels":
-                out[0][mask] = int(labels[i])
-            else:
-                out[int(labels[i]) - 1][mask] = 1.0
+            scores = self._propagate(box, plan, geometry, cache, network, size_z, float(values[i])).to(out.device)
+            mask = scores > 0
+            if self.output == "channels":
+                channel = out[int(labels[i]) - 1]
+                channel[mask] = torch.maximum(channel[mask], scores[mask])
+                continue
+            if self.overlap == "highest":
+                mask &= scores > best
+                best[mask] = scores[mask]
+            out[0][mask] = int(labels[i])
         self.last_encoder_calls = cache.encoder_calls
         return out
 
     def _propagate(
         self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network, size_z: int, mask_value: float
     ) -> torch.Tensor:
-        """Masks of one box along its slices -> ``(X, Y, Z)`` bool."""
+        """One box along its slices -> ``(X, Y, Z)`` float32 scores: the logit where the mask holds, else 0."""
         original = geometry.box_to_model([box[0], box[1], box[3], box[4]])
         mid = plan[0]
-        result = torch.zeros((geometry.width, geometry.height, size_z), dtype=torch.bool)
+        scores = torch.zeros((geometry.width, geometry.height, size_z), dtype=torch.float32)
         for k in plan:
             prompt = original
             if k != mid:
                 neighbour = k - 1 if k > mid else k + 1
                 from_mask = geometry.mask_to_model_box(
-                    to_sam_layout(result[:, :, neighbour]), self.box_margin, mask_value
+                    to_sam_layout(scores[:, :, neighbour] > 0), self.box_margin, mask_value
                 )
                 prompt = original if from_mask is None else from_mask
             embedding = cache.get(k)
             low_res, _ = network.decode(embedding, boxes=prompt.to(embedding.device)[None, None])
-            result[:, :, k] = to_sam_layout(geometry.logits_to_mask(low_res[0, 0])).cpu()
-        return result
+            logits = to_sam_layout(geometry.logits_to_image(low_res[0, 0])).cpu()
+            scores[:, :, k] = logits.clamp(min=0)
+        return scores
