@@ -57,14 +57,18 @@ def load_weights(network, path: str, what: str = "model weights", hint: str = ""
     return network
 
 
-def optimise_for_inference(network):
-    """Inference-only speed-ups that keep the weights file and the outputs (float32, to ~1e-5): TinyViT's conv/BN
-    pairs folded into single convolutions (:func:`common.networks.sam.tiny_vit.fold_batchnorms`; LiteMedSAM's
-    encoder 1.2-1.3x). Used in eval mode without gradients; ``train()`` and loading weights undo it, and calling it
-    again redoes it (cheap). Call after :func:`load_weights`; returns ``network``."""
+def optimise_for_inference(network, precision: str = "float32"):
+    """Inference-only speed-ups that keep the weights file: TinyViT's conv/BN pairs folded into single convolutions
+    (:func:`common.networks.sam.tiny_vit.fold_batchnorms`; outputs equal to ~1e-5), and the image encoder in
+    ``precision`` (``"float32"``, ``"bf16"``, or ``"auto"``: bf16 where the device runs it natively;
+    :mod:`common.networks.precision`). The fold is used in eval mode without gradients; ``train()`` and loading
+    weights undo it, and calling this again redoes it (cheap). Call after :func:`load_weights`; returns ``network``."""
+    from common.networks.precision import set_encoder_precision
     from common.networks.sam.tiny_vit import fold_batchnorms
 
-    fold_batchnorms(_unwrapped(network))
+    model = _unwrapped(network)
+    fold_batchnorms(model)
+    set_encoder_precision(model, precision)
     return network
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# float32 encoders: the record must not depend on whether the machine computes bfloat16 natively ("auto")
+FLOAT32 = {"precision": "float32"}
 PANCREAS, LIVER, SPLEEN, KIDNEY_RIGHT = 7, 5, 1, 2
 
 
@@ -143,7 +145,7 @@ def record(
         result["medsam_inference"], result["medsam_evaluate"] = _infer_and_evaluate(
             bundles / "medsam" / "configs",
             tmp / "medsam",
-            {"ckpt_path": medsam_weights},
+            {"ckpt_path": medsam_weights, **FLOAT32},
             {
                 "input_dict": {
                     "image": str(ct),
@@ -160,6 +162,7 @@ def record(
             tmp / "sam3d",
             {
                 "ckpt_path": str(weights),
+                **FLOAT32,
                 "network_def": {"_target_": "common.networks.sam3d_adapter.build_sam3d_adapter", **SAM3D_TINY},
                 "roi_size": SAM3D_TINY["roi_size"],
             },
@@ -173,6 +176,7 @@ def record(
             tmp / "msa",
             {
                 "ckpt_path": str(weights),
+                **FLOAT32,
                 "network_def": {"_target_": "common.networks.msa.build_msa", "num_slices": "@num_slices", **MSA_TINY},
                 "roi_size": 16,
             },

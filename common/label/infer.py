@@ -73,6 +73,7 @@ class PromptedBundleInferTask(BundleInferTask):
         self.type = InferType.DEEPGROW if "points" in self.prompt_keys else InferType.SEGMENTATION
         # A volume from the datastore (MedSAM runs slice-wise on it), or a 2-D frame where the bundle says so
         self.dimension = int(self.bundle_config.get("served_dimension", 3))
+        self.precision = str(self.bundle_config.get_parsed_content("precision", default="float32"))
         # one prompted structure per request, written as 1 (channel_def names are output channels, e.g. logits)
         names = [_structure_name(n) for n in self.labels or {} if not n.lower().startswith("background")]
         self.labels = {name: 1 for name in names} or {"foreground": 1}
@@ -123,7 +124,8 @@ class PromptedBundleInferTask(BundleInferTask):
     def _get_network(self, device, data):
         network = super()._get_network(device, data)
         if network is not None:
-            optimise_for_inference(network)  # again on every call: MONAI Label reloads changed weights in place
+            # again on every call: MONAI Label reloads changed weights in place
+            optimise_for_inference(network, self.precision)
             guard_finite_outputs(network)  # a NaN answer is an error, as on the command line
         if network is not None and self.cache_bytes > 0:
             cache = cache_image_embeddings(network, self.cache_bytes)
