@@ -1,6 +1,11 @@
 """MedSAM's bf16 encoder path on real data: every organ of both shared CT volumes, all boxes in one
-``inference.json`` call, segmented with ``precision`` float32 and bf16; the per-organ masks agree to Dice >= 0.99
-(issue 15). The DICOM series' labels are placed on its grid through physical space."""
+``inference.json`` call, segmented with ``precision`` float32 and bf16, per-organ Dice between the two masks.
+
+Issue 15 asks >= 0.99 before bf16 may be the default; it is not met (measured: spleen, kidneys, liver, stomach
+0.987-0.999; the pancreas 0.66 and 0.53, a small structure the model segments poorly in float32 too, Dice 0.23-0.34
+to its label, whose propagation takes another path after a tiny change), so ``precision`` defaults to float32 and
+bf16 is opt-in. This test keeps the measured agreement from getting worse: >= 0.98 for every organ but the pancreas,
+which must still be found. The DICOM series' labels are placed on its grid through physical space."""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from workflow_utils import box_of, dice, run_inference
 pytestmark = pytest.mark.slow  # four MedSAM runs over 50 real slices
 
 ORGANS = (1, 2, 3, 5, 6, 7)  # spleen, kidneys, liver, stomach, pancreas
-DICE_MIN = 0.99
+DICE_MIN = 0.98
+UNSTABLE = {7}  # the pancreas: Dice 0.23-0.34 to its label in float32; bf16 sends its propagation another way
 
 
 def _labels_on_image(totalseg_dir, volume: str) -> np.ndarray:
@@ -42,7 +48,9 @@ def test_bf16_masks_match_float32_per_organ(repo_root, totalseg_dir, litemedsam_
         (written,) = out.glob("*_seg.nii.gz")
         masks[precision] = np.asarray(nib.load(str(written)).dataobj)
     assert not np.array_equal(masks["float32"], masks["bf16"])  # the bf16 path did run
+    agreement = {o: round(dice(masks["bf16"] == o, masks["float32"] == o), 4) for o in present}
+    print(f"{volume}: Dice bf16 vs float32 per organ {agreement}")
     for organ in present:
-        agreement = dice(masks["bf16"] == organ, masks["float32"] == organ)
-        assert agreement >= DICE_MIN, (volume, organ, agreement)
-        assert dice(masks["float32"] == organ, labels == organ) > 0.2  # each organ is found at all
+        assert (masks["bf16"] == organ).any() and dice(masks["float32"] == organ, labels == organ) > 0.2
+        if organ not in UNSTABLE:
+            assert agreement[organ] >= DICE_MIN, (volume, organ, agreement)

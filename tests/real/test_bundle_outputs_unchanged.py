@@ -1,6 +1,11 @@
 """Refactors change no result: each bundle's inference and evaluation on the real 3 mm CT give exactly what they
 gave before the configs were layered and the library reorganised (``tests/data/bundle_outputs.json``, written by
-``tools/record_bundle_outputs.py`` at commit 61ba0a5, the last one with the flat configs and the old layout)."""
+``tools/record_bundle_outputs.py`` at commit 61ba0a5, the last one with the flat configs and the old layout).
+
+MedSAM's two entries were re-recorded for issue 15, whose changes are meant to show: overlapping boxes go to the highest
+logit (the two recorded boxes, liver and right kidney, overlap), evaluation channels carry logits and the report adds
+"label map" rows. The per-organ Dice of the recorded rows did not move (liver and spleen, slices and propagation:
+0.9251, 0.9202, 0.9063, 0.8365 before and after), and 3DSAM-adapter's and MSA's entries still equal the 61ba0a5 record. Encoders run in float32 here."""
 
 from __future__ import annotations
 
