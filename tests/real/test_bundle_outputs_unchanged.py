@@ -5,7 +5,8 @@ gave before the configs were layered and the library reorganised (``tests/data/b
 MedSAM's two entries were re-recorded for issue 15, whose changes are meant to show: overlapping boxes go to the highest
 logit (the two recorded boxes, liver and right kidney, overlap), evaluation channels carry logits and the report adds
 "label map" rows. The per-organ Dice of the recorded rows did not move (liver and spleen, slices and propagation:
-0.9251, 0.9202, 0.9063, 0.8365 before and after), and 3DSAM-adapter's and MSA's entries still equal the 61ba0a5 record. Encoders run in float32 here."""
+0.9251, 0.9202, 0.9063, 0.8365 before and after), and 3DSAM-adapter's and MSA's entries still equal the 61ba0a5
+record. Encoders run in float32 here."""
 
 from __future__ import annotations
 
