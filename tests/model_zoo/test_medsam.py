@@ -132,19 +132,21 @@ class TestMedSAMBundle(BundleTestCase):
         self.assertEqual(sorted(p.name for p in out.iterdir()), ["metrics.csv", "metrics.json"])
         with open(out / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        # one row per protocol and structure present in the case (the other evaluated structures are skipped)
+        # one row per protocol (each organ alone, and the merged label map) and structure present in the case (the
+        # other evaluated structures are skipped)
+        protocols = ("slices", "propagation", "slices label map", "propagation label map")
         self.assertEqual(
             sorted((r["case"], r["protocol"], r["structure"], r["label"]) for r in rows),
             sorted(
                 ("case_100", protocol, name, str(value))
-                for protocol in ("slices", "propagation")
+                for protocol in protocols
                 for name, value in (("spleen", SPLEEN), ("liver", LIVER))
             ),
         )
         for row in rows:  # LiteMedSAM's weights find the bright organs in tight boxes
             self.assertTrue(math.isfinite(float(row["dice"])) and 0.5 < float(row["dice"]) <= 1.0, row)
         report = json.loads((out / "metrics.json").read_text())
-        self.assertEqual(sorted(report["summary"]), ["propagation", "slices"])
+        self.assertEqual(sorted(report["summary"]), sorted(protocols))
 
     @unittest.skipUnless(HAVE_WEIGHTS, NO_WEIGHTS)
     def test_inference(self):
