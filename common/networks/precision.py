@@ -70,12 +70,13 @@ def _bf16_forward(module: nn.Module, forward):
     return forward_in_bf16
 
 
-def set_encoder_precision(network: nn.Module, precision: str = "auto") -> str:
+def set_encoder_precision(network: nn.Module, precision: str = "float32") -> str:
     """Run ``network.image_encoder`` in ``precision`` (see the module docstring) from now on; returns the precision
     in effect (``"auto"`` resolved for the network's device). Calling again with another precision switches; a
-    network without ``image_encoder`` stays as it is (``"float32"``)."""
+    network without ``image_encoder`` stays as it is (``"float32"``). Unknown names raise ``ValueError``."""
     encoder = getattr(network, "image_encoder", None)
     if not isinstance(encoder, nn.Module):
+        resolve_precision(precision, "cpu")  # the name is still checked
         return "float32"
     device = next(encoder.parameters()).device
     resolved = resolve_precision(precision, device)

@@ -17,8 +17,8 @@ applies none of them (it takes images at the encoder's size, already normalised)
   the prompt encoder's ``mask_input_size`` and padded with a strongly negative logit
   (:meth:`SliceGeometry.mask_prompt_to_model`, :func:`logit_from_probability`).
 * **Outputs.** Low-res logits are cropped to the unpadded region and resized back
-  (:meth:`SliceGeometry.logits_to_mask`, thresholded at 0 because box propagation needs binary masks; MSA resizes
-  logits back with :func:`stretch_to` and keeps them as logits).
+  (:meth:`SliceGeometry.logits_to_image`; box propagation takes logit > 0 as the mask and keeps the logits to
+  settle overlaps; MSA resizes logits back with :func:`stretch_to` and keeps them as logits).
 
 The two published MedSAM size conventions of :class:`SliceGeometry`:
 
@@ -190,10 +190,6 @@ class SliceGeometry:
             align_corners=False,
         )
         return x.reshape(*lead, self.height, self.width)
-
-    def logits_to_mask(self, low_res_logits: torch.Tensor) -> torch.Tensor:
-        """``(..., L, L)`` low-res logits -> ``(..., H, W)`` bool mask (sigmoid > 0.5)."""
-        return self.logits_to_image(low_res_logits) > 0
 
     def mask_to_model_box(self, mask_hw: torch.Tensor, margin: int, value: float = 1.0) -> torch.Tensor | None:
         """Tight box of a slice mask at network scale, widened by ``margin`` px and clamped to [0, S].

@@ -86,3 +86,5 @@ def test_auto_follows_the_device(monkeypatch):
     assert resolve_precision("auto", "cpu") == "float32" and resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bf16, got 'fp16'"):
         resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="got 'half'"):  # also for a network without an image encoder
+        set_encoder_precision(torch.nn.Linear(2, 2), "half")

@@ -18,9 +18,11 @@ Differences from the published module (behaviour at the published size is unchan
   every merge but the last, which has stride 1). The published code instead uses stride 1 exactly when
   the merge's output width is 320, 448 or 576, which gives the same strides at the published size;
 * attention runs through ``torch.nn.functional.scaled_dot_product_attention``, with the learned
-  relative-position biases gathered into an additive ``attn_mask`` on every call (a gather of at most
+  relative-position biases gathered into an additive 4-D ``attn_mask`` on every call (a gather of at most
   ``heads x window^4`` values, negligible next to the attention itself; nothing is cached, so there is
   no stale state after ``load_state_dict`` or an optimiser step);
+* for inference, :func:`fold_batchnorms` folds each conv/BN pair into one convolution (1.16-1.19x on the
+  published encoder); the state dict keeps the published layout, and training or loading undoes the fold;
 * the attention stages keep tokens as ``(B, H, W, C)`` maps instead of ``(B, H*W, C)`` sequences, and the
   feature maps are kept in channels-last memory (the output is returned as a contiguous NCHW tensor).
 
