@@ -6,7 +6,7 @@
 set -euo pipefail
 PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
 if command -v Orthanc >/dev/null && [ -f "$PLUGIN" ]; then
-    echo "install_pacs: Orthanc $(Orthanc --version | head -1 | cut -d' ' -f2) with its DICOMweb plugin is installed"
+    echo "install_pacs: $(Orthanc --version | sed -n 1p) with its DICOMweb plugin is installed"
     exit 0
 fi
 SUDO=""
@@ -24,4 +24,4 @@ install >/tmp/install_pacs.log 2>&1 || { $SUDO apt-get update -q >>/tmp/install_
     echo "install_pacs: could not install Orthanc (log: /tmp/install_pacs.log)" >&2
     exit 1
 }
-Orthanc --version | head -1
+echo "install_pacs: $(Orthanc --version | sed -n 1p) installed"
