@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
@@ -44,6 +45,20 @@ def box_of(mask: np.ndarray) -> list[int]:
     """Inclusive box ``[lo..., hi...]`` of a mask, as plain ints (file voxel indices)."""
     nz = np.argwhere(mask)
     return [int(v) for v in nz.min(0)] + [int(v) for v in nz.max(0)]
+
+
+def read_dicom_series(folder: Path) -> tuple[sitk.Image, list[str]]:
+    """A DICOM series folder as ITK sorts it: the image and its slice files in that order."""
+    reader = sitk.ImageSeriesReader()
+    files = list(reader.GetGDCMSeriesFileNames(str(folder)))
+    reader.SetFileNames(files)
+    return reader.Execute(), files
+
+
+def label_on_grid(path: Path, image: sitk.Image) -> np.ndarray:
+    """A label file placed on ``image``'s grid through physical space (nearest neighbour), as ``(z, y, x)``."""
+    label = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
 
 
 # -------------------------------------------------------------------------------------------------------- workflows

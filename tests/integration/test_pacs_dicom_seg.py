@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 from label_servers import orthanc_missing
 from pydicom.uid import CTImageStorage, generate_uid
-from workflow_utils import box_of, dice, run_inference
+from workflow_utils import box_of, dice, label_on_grid, read_dicom_series, run_inference
 
 LIVER = 5
 SESSION = Path(__file__).with_name("pacs_session.py")
@@ -53,17 +53,8 @@ def pacs_ready_series(source: Path, target: Path) -> str:
 
 def read_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     """The series as ITK sorts it, and the SOP Instance UID of each of its slices in that order."""
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(folder))
-    reader.SetFileNames(files)
-    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-    return reader.Execute(), uids
-
-
-def on_series(path: Path, series: sitk.Image) -> np.ndarray:
-    """A label file placed on the series' grid through physical space (nearest neighbour), as ``(z, y, x)``."""
-    label = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(sitk.Resample(label, series, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    series, files = read_dicom_series(folder)
+    return series, [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
 
 
 def seg_on_series(seg: pydicom.Dataset, series: sitk.Image, slice_uids: list[str]) -> np.ndarray:
@@ -109,7 +100,7 @@ def pacs_session(totalseg_dir, repo_root, litemedsam_weights, tmp_path_factory):
     root = tmp_path_factory.mktemp("pacs")
     series_uid = pacs_ready_series(totalseg_dir / "dicom", root / "series")
     series, _ = read_series(root / "series")
-    liver = on_series(totalseg_dir / "ct_dicom_labels.nii.gz", series) == LIVER  # (z, y, x)
+    liver = label_on_grid(totalseg_dir / "ct_dicom_labels.nii.gz", series) == LIVER  # (z, y, x)
     box = box_of(liver.transpose(2, 1, 0))  # [i0, j0, k0, i1, j1, k1] in the series' voxel indices
     roi = [box[0], box[3], box[1], box[4], box[2], box[5]]
     bundles = root / "bundles"
@@ -146,8 +137,8 @@ def bundle_answer(pacs_session, tmp_path_factory) -> Path:
 
 def test_infer_from_the_pacs_equals_the_bundle_on_the_series(pacs_session, bundle_answer):
     series, _ = read_series(pacs_session["series"])
-    served = on_series(pacs_session["out"] / "infer.nii.gz", series)
-    own = on_series(bundle_answer, series)
+    served = label_on_grid(pacs_session["out"] / "infer.nii.gz", series)
+    own = label_on_grid(bundle_answer, series)
     np.testing.assert_array_equal(served, own)
     assert dice(own > 0, pacs_session["liver"]) > 0.85
     assert nib.load(str(pacs_session["out"] / "infer.nii.gz")).shape == sitk.GetArrayViewFromImage(series).shape[::-1]
@@ -168,4 +159,4 @@ def test_dicom_seg_equals_the_bundle_answer(pacs_session, bundle_answer, how):
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]
     series, slice_uids = read_series(pacs_session["series"])
     assert int(seg.NumberOfFrames) == series.GetDepth()  # one frame per slice: empty slices are kept
-    np.testing.assert_array_equal(seg_on_series(seg, series, slice_uids), on_series(bundle_answer, series))
+    np.testing.assert_array_equal(seg_on_series(seg, series, slice_uids), label_on_grid(bundle_answer, series))

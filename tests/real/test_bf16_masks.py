@@ -12,8 +12,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from workflow_utils import box_of, dice, run_inference
+from workflow_utils import box_of, dice, label_on_grid, read_dicom_series, run_inference
 
 pytestmark = pytest.mark.slow  # four MedSAM runs over 50 real slices
 
@@ -26,12 +25,8 @@ def _labels_on_image(totalseg_dir, volume: str) -> np.ndarray:
     """The label map in the image file's voxel order (i, j, k)."""
     if volume == "3mm":
         return np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(totalseg_dir / "dicom")))
-    series = reader.Execute()
-    label = sitk.ReadImage(str(totalseg_dir / "ct_dicom_labels.nii.gz"))
-    on_series = sitk.Resample(label, series, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(on_series).transpose(2, 1, 0)
+    series, _ = read_dicom_series(totalseg_dir / "dicom")
+    return label_on_grid(totalseg_dir / "ct_dicom_labels.nii.gz", series).transpose(2, 1, 0)
 
 
 @pytest.mark.parametrize("volume", ["3mm", "dicom"])
