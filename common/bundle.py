@@ -57,18 +57,26 @@ def load_weights(network, path: str, what: str = "model weights", hint: str = ""
     return network
 
 
-def optimise_for_inference(network, precision: str = "float32"):
+def optimise_for_inference(
+    network, precision: str = "float32", encoder_backend: str = "torch", weights_path: str | None = None
+):
     """Inference-only speed-ups that keep the weights file: TinyViT's conv/BN pairs folded into single convolutions
     (:func:`common.networks.sam.tiny_vit.fold_batchnorms`; outputs equal to ~1e-5), and the image encoder in
     ``precision`` (``"float32"``, ``"bf16"``, or ``"auto"``: bf16 where the device runs it natively;
-    :mod:`common.networks.precision`). The fold is used in eval mode without gradients; ``train()`` and loading
-    weights undo it, and calling this again redoes it (cheap). Call after :func:`load_weights`; returns ``network``."""
+    :mod:`common.networks.precision`) on ``encoder_backend`` (``"torch"``, ``"openvino"``, or ``"auto"``: OpenVINO
+    where it is installed and the network is on the CPU; :mod:`common.networks.openvino_encoder`, its converted
+    models cached in ``openvino/`` beside ``weights_path``). The fold is used in eval mode without gradients;
+    ``train()`` and loading weights undo it, and calling this again redoes it (cheap). Call after
+    :func:`load_weights`; returns ``network``."""
+    from common.networks.openvino_encoder import set_encoder_backend
     from common.networks.precision import set_encoder_precision
     from common.networks.sam.tiny_vit import fold_batchnorms
 
     model = _unwrapped(network)
     fold_batchnorms(model)
-    set_encoder_precision(model, precision)
+    cache_dir = os.path.join(os.path.dirname(os.path.abspath(weights_path)), "openvino") if weights_path else None
+    if set_encoder_backend(model, encoder_backend, precision, cache_dir) == "torch":
+        set_encoder_precision(model, precision)
     return network
 
 

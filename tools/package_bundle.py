@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGE = "sam-medical-bundles"
 ZIP_TIME = (2022, 5, 30, 0, 0, 0)  # model-zoo's fixed stamp (ci/update_model_info.py touches 202205300000)
 SKIPPED_DIRS = {"eval", "runs", "__pycache__", ".pytest_cache"}
+# converted at first use on the user's machine, for its weights (common.networks.openvino_encoder): never shipped
+SKIPPED_RELATIVE_DIRS = {"models/openvino"}
 MAX_PACKED_BYTES = 25 * 2**20  # model-zoo rule: larger files go to large_files.yml
 # import name -> distribution name, for what `common` imports (monai, torch and numpy have their own metadata keys)
 DISTRIBUTIONS = {
@@ -64,6 +66,8 @@ DISTRIBUTIONS = {
     "PIL": "pillow",
     "av": "av",
 }
+# imported only where a user asks for them (``encoder_backend`` "openvino"): listed as optional packages
+OPTIONAL_DISTRIBUTIONS = {"openvino": "openvino"}
 CORE = {"monai", "torch", "numpy", "common"}
 #: A bundle folder name: it names the zip, its top folder and (``_`` for ``-``) the vendored package.
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -146,7 +150,7 @@ def import_closure(roots: set[str]) -> tuple[list[Path], set[str]]:
                 top = imported.split(".")[0]
                 if top == "common":
                     stack.append(imported)
-                elif top in DISTRIBUTIONS or top in CORE:
+                elif top in DISTRIBUTIONS or top in OPTIONAL_DISTRIBUTIONS or top in CORE:
                     third_party.add(top)
                 elif top not in sys.stdlib_module_names:
                     raise ValueError(f"{file} imports '{top}', which has no distribution name in DISTRIBUTIONS")
@@ -219,14 +223,25 @@ def large_file_paths(bundle: Path) -> set[str]:
 
 def packaged_metadata(bundle: Path, third_party: set[str]) -> str:
     """The bundle's metadata with the project package replaced by the vendored code's third-party imports, plus
-    what the CLI needs: fire for ``python -m monai.bundle``, pyyaml for ``download_large_files``."""
+    what the CLI needs: fire for ``python -m monai.bundle``, pyyaml for ``download_large_files``; optional imports
+    (:data:`OPTIONAL_DISTRIBUTIONS`) go to ``optional_packages_version`` at the version installed here."""
     meta = load_json(bundle / "configs" / "metadata.json")
     required = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != PROJECT_PACKAGE}
+    optional = dict(meta.get("optional_packages_version", {}))
     cli = {"fire"} | ({"yaml"} if (bundle / "large_files.yml").is_file() else set())
     for module in sorted(third_party | cli):
-        name = DISTRIBUTIONS[module]
-        required.setdefault(name, importlib_metadata.version(name))
+        if module in OPTIONAL_DISTRIBUTIONS:
+            name = OPTIONAL_DISTRIBUTIONS[module]
+            try:
+                optional.setdefault(name, importlib_metadata.version(name))
+            except importlib_metadata.PackageNotFoundError:
+                continue  # not installed here: no version to state
+        else:
+            name = DISTRIBUTIONS[module]
+            required.setdefault(name, importlib_metadata.version(name))
     meta["required_packages_version"] = dict(sorted(required.items()))
+    if optional:
+        meta["optional_packages_version"] = dict(sorted(optional.items()))
     return json.dumps(meta, indent=4) + "\n"
 
 
@@ -250,7 +265,11 @@ def _packed_files(bundle: Path) -> dict[str, Path]:
     previous_package = re.compile(rf"{re.escape(bundle.name)}_v.*\.zip(\.sha256)?")
     files: dict[str, Path] = {}
     for folder, dirs, names in os.walk(bundle):  # lists symlinked folders in `dirs` but does not enter them
-        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in SKIPPED_DIRS and Path(folder, d).relative_to(bundle).as_posix() not in SKIPPED_RELATIVE_DIRS
+        ]
         for path in [Path(folder, d) for d in dirs if Path(folder, d).is_symlink()] + [Path(folder, n) for n in names]:
             relative = path.relative_to(bundle).as_posix()
             if relative in skipped_files:

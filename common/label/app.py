@@ -4,15 +4,18 @@ Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)
 
     monailabel start_server --app apps/sam_bundles --studies <images> --host 127.0.0.1 \
         [--conf models medsam,3dsam_pancreas] [--conf bundles_dir <folder of bundles>] \
-        [--conf embedding_cache_mb 2048] [--conf skip_trainers true]
+        [--conf embedding_cache_mb 2048] [--conf skip_trainers true] \
+        [--conf encoder_backend torch|openvino|auto] [--conf precision float32|bf16|auto]
 
 ``bundles_dir`` defaults to the repository's ``bundles/``; ``models`` defaults to every bundle there that has
-``configs/inference.json`` and ``models/model.pt``. Each becomes an inference task (:mod:`common.label.infer`)
-and, when it has ``configs/train.json`` and its ``inference.json`` does not say ``"served_training": false`` (bundles
-whose training reads datalists of slices or clips, not the datastore's images), a MONAI Label training task (stock
-``BundleTrainTask``). ``--studies`` may be a DICOMweb URL (a PACS: :mod:`common.label.pacs`; final labels are
-saved there as DICOM SEG). Requests are checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx
-with the reason, and only datastore images are segmented.
+``configs/inference.json`` and ``models/model.pt``. ``encoder_backend`` and ``precision`` replace every served
+bundle's own values (:func:`common.bundle.optimise_for_inference`). Each bundle becomes an inference task
+(:mod:`common.label.infer`) and, when it has ``configs/train.json`` and its ``inference.json`` does not say
+``"served_training": false`` (bundles whose training reads datalists of slices or clips, not the datastore's images),
+a MONAI Label training task (stock ``BundleTrainTask``). ``--studies`` may be a DICOMweb URL (a PACS:
+:mod:`common.label.pacs`; final labels are saved there as DICOM SEG). Requests are checked first
+(:mod:`common.label.request_checks`): malformed ones answer 4xx with the reason, and only datastore images are
+segmented.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ Requests to one model run one at a time (the network, its embedding cache and th
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 
@@ -49,7 +50,8 @@ class PromptedBundleInferTask(BundleInferTask):
     Args:
         path: the bundle folder.
         conf: the server's ``--conf`` values; ``embedding_cache_mb`` bounds the reused image embeddings
-            (default 2048; 0 disables reuse).
+            (default 2048; 0 disables reuse); ``encoder_backend`` (``torch`` / ``openvino`` / ``auto``) and
+            ``precision`` (``float32`` / ``bf16`` / ``auto``) replace the bundle's own values for the image encoder.
     """
 
     # set by BundleInferTask (monailabel has no type information) and rewritten in __init__
@@ -73,7 +75,14 @@ class PromptedBundleInferTask(BundleInferTask):
         self.type = InferType.DEEPGROW if "points" in self.prompt_keys else InferType.SEGMENTATION
         # A volume from the datastore (MedSAM runs slice-wise on it), or a 2-D frame where the bundle says so
         self.dimension = int(self.bundle_config.get("served_dimension", 3))
-        self.precision = str(self.bundle_config.get_parsed_content("precision", default="float32"))
+        self.precision = str(
+            conf.get("precision") or self.bundle_config.get_parsed_content("precision", default="float32")
+        )
+        self.encoder_backend = str(
+            conf.get("encoder_backend") or self.bundle_config.get_parsed_content("encoder_backend", default="torch")
+        )
+        # OpenVINO's converted encoders are cached beside the served weights (models/openvino/)
+        self.weights_path = os.path.join(path, "models", "model.pt")
         # one prompted structure per request, written as 1 (channel_def names are output channels, e.g. logits)
         names = [_structure_name(n) for n in self.labels or {} if not n.lower().startswith("background")]
         self.labels = {name: 1 for name in names} or {"foreground": 1}
@@ -125,7 +134,7 @@ class PromptedBundleInferTask(BundleInferTask):
         network = super()._get_network(device, data)
         if network is not None:
             # again on every call: MONAI Label reloads changed weights in place
-            optimise_for_inference(network, self.precision)
+            optimise_for_inference(network, self.precision, self.encoder_backend, self.weights_path)
             guard_finite_outputs(network)  # a NaN answer is an error, as on the command line
         if network is not None and self.cache_bytes > 0:
             cache = cache_image_embeddings(network, self.cache_bytes)

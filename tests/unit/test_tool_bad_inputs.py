@@ -6,6 +6,8 @@ subprocesses, side by side."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -173,10 +175,12 @@ def test_packager_refuses_an_output_folder_that_is_a_file(bundle, tmp_path):
 
 
 def test_packager_packs_a_valid_copy(bundle, tmp_path):
-    """Listed weights (here a symlink out of the bundle) are left out; a symlink to a file inside is its bytes."""
+    """Listed weights (here a symlink out of the bundle) and the OpenVINO encoders converted on this machine are left
+    out; a symlink to a file inside is its bytes."""
     (tmp_path / "weights.pt").write_bytes(b"w")
-    (bundle / "models").mkdir()
+    (bundle / "models" / "openvino").mkdir(parents=True)
     (bundle / "models" / "model.pt").symlink_to(tmp_path / "weights.pt")
+    (bundle / "models" / "openvino" / "TinyViT-0123456789abcdef-1x3x256x256.bin").write_bytes(b"\0" * 100)
     (bundle / "docs" / "LICENSE").symlink_to(bundle / "LICENSE")
     done = run_tool("package_bundle.py", str(bundle), str(tmp_path / "dist"))
     assert done.returncode == 0, done.stderr
@@ -185,6 +189,11 @@ def test_packager_packs_a_valid_copy(bundle, tmp_path):
     with zipfile.ZipFile(tmp_path / "dist" / f"medsam_v{version}.zip") as archive:
         assert archive.read("medsam/docs/LICENSE") == (bundle / "LICENSE").read_bytes()
         assert not any(n.startswith("medsam/models/") for n in archive.namelist())
+        packed = json.loads(archive.read("medsam/configs/metadata.json"))
+    # the vendored code imports openvino only for encoder_backend "openvino": optional, never required
+    assert "openvino" not in packed["required_packages_version"]
+    if importlib.util.find_spec("openvino") is not None:
+        assert packed["optional_packages_version"]["openvino"] == importlib.metadata.version("openvino")
 
 
 def test_packager_traceback_on_request_and_usage_errors(bundle, tmp_path):
