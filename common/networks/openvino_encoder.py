@@ -11,7 +11,7 @@ file instead of converting (seconds for TinyViT, a minute for ViT-B). Without ``
 written, the converted model lives in memory only. Precision is a compile-time hint on the same file: ``"float32"``
 (OpenVINO's ``f32``; its default on AMX/AVX512-BF16 CPUs would be bf16) or ``"bf16"``.
 
-Only encoders with one image in and one embedding out run here: an encoder that hands features to the decoder
+Only encoders with one image in and one embedding out run here: an encoder that passes features on
 through its ``context`` (HQ-SAMUS's early features, SAMUS's CNN branch) raises ``ValueError`` naming ``"torch"``.
 """
 
@@ -141,8 +141,9 @@ class OpenVINOEncoder:
                 out = type(self.encoder).forward(self.encoder, example)
         if context:
             raise ValueError(
-                f"{type(self.encoder).__name__} hands {sorted(context)} to the decoder through its context; "
-                "encoder_backend 'openvino' runs encoders with one image in and its embedding out: use 'torch'"
+                f"{type(self.encoder).__name__} fills its context with {sorted(context)} (features its blocks or the "
+                "decoder read); encoder_backend 'openvino' runs encoders with one image in and one embedding out: "
+                "use 'torch'"
             )
         outputs = [out] if isinstance(out, torch.Tensor) else list(out)
         if not all(isinstance(o, torch.Tensor) for o in outputs):
