@@ -34,27 +34,32 @@ DECODER = dict(
 )
 
 
+def reference_image_encoder(image_size: int, overrides: dict, out_chans: int) -> nn.Module:
+    """segment-anything's ``ImageEncoderViT``: ViT-B with ``overrides``, rel-pos on (as in every published SAM)."""
+    enc = {**VIT_PRESETS["vit_b"], **overrides}
+    return sam_ref.ImageEncoderViT(
+        img_size=image_size,
+        patch_size=enc["patch_size"],
+        embed_dim=enc["embed_dim"],
+        depth=enc["depth"],
+        num_heads=enc["num_heads"],
+        mlp_ratio=enc["mlp_ratio"],
+        out_chans=out_chans,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=enc["window_size"],
+        global_attn_indexes=tuple(enc["global_attn_indexes"]),
+        use_abs_pos=enc.get("use_abs_pos", True),
+    )
+
+
 def reference_sam(image_size: int, overrides: dict, decoder: dict = DECODER):
     """segment-anything's modules at the sizes given (rel-pos on, as in every published SAM)."""
-    enc = {**VIT_PRESETS["vit_b"], **overrides}
     dim = decoder["prompt_embed_dim"]
-    grid = image_size // enc["patch_size"]
+    grid = image_size // {**VIT_PRESETS["vit_b"], **overrides}["patch_size"]
     return sam_ref.Sam(
-        image_encoder=sam_ref.ImageEncoderViT(
-            img_size=image_size,
-            patch_size=enc["patch_size"],
-            embed_dim=enc["embed_dim"],
-            depth=enc["depth"],
-            num_heads=enc["num_heads"],
-            mlp_ratio=enc["mlp_ratio"],
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=enc["window_size"],
-            global_attn_indexes=tuple(enc["global_attn_indexes"]),
-            use_abs_pos=enc.get("use_abs_pos", True),
-        ),
+        image_encoder=reference_image_encoder(image_size, overrides, dim),
         prompt_encoder=sam_ref.PromptEncoder(
             embed_dim=dim,
             image_embedding_size=(grid, grid),

@@ -62,6 +62,26 @@ def label_on_grid(path: Path, image: sitk.Image) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------------- workflows
+def ct_labels_on_image(totalseg_dir: Path, volume: str) -> np.ndarray:
+    """The shared CT label map (``volume`` ``"3mm"`` or ``"dicom"``) in its image file's voxel order ``(i, j, k)``;
+    the DICOM series' labels are placed on its grid through physical space."""
+    import nibabel as nib
+
+    if volume == "3mm":
+        return np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
+    series, _ = read_dicom_series(totalseg_dir / "dicom")
+    return label_on_grid(totalseg_dir / "ct_dicom_labels.nii.gz", series).transpose(2, 1, 0)
+
+
+def inference_mask(configs: Path, out_dir: Path, input_dict: dict, **override) -> np.ndarray:
+    """Run ``inference.json`` into ``out_dir`` and return the one ``*_seg.nii.gz`` it writes, in file voxel order."""
+    import nibabel as nib
+
+    run_inference(configs, out_dir, input_dict, **override)
+    (written,) = out_dir.glob("*_seg.nii.gz")
+    return np.asarray(nib.load(str(written)).dataobj)
+
+
 def network_def(target: str, sizes: dict) -> dict:
     """A bundle ``network_def`` component building ``target`` (dotted path) with ``sizes`` (tuples as JSON lists)."""
     return {"_target_": target, **{k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}

@@ -26,7 +26,6 @@ import shlex
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import fire
@@ -51,27 +50,15 @@ GEMM_SHAPES = {  # (M, K, N) of the encoder's projections on a 64 x 64 token gri
 
 
 def reference_encoder(ours: nn.Module) -> nn.Module:
-    """segment-anything's ViT-B ``ImageEncoderViT`` at 1024 px with ``ours``'s weights (strict)."""
+    """segment-anything's ViT-B ``ImageEncoderViT`` at 1024 px (``tests/sam_reference.py``) with ``ours``'s weights
+    (strict)."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     import torchvision_standin
 
     torchvision_standin.install_if_broken()
-    from segment_anything.modeling import ImageEncoderViT
+    from sam_reference import reference_image_encoder
 
-    ref = ImageEncoderViT(
-        img_size=1024,
-        patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
-        mlp_ratio=4.0,
-        out_chans=256,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=14,
-        global_attn_indexes=(2, 5, 8, 11),
-    )
+    ref = reference_image_encoder(1024, {}, out_chans=256)
     ref.load_state_dict(ours.state_dict(), strict=True)
     return ref.eval()
 

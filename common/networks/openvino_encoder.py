@@ -90,7 +90,7 @@ class OpenVINOEncoder:
         self.compiled: dict[tuple[int, ...], Any] = {}
         self._sha256: str | None = None
         self.conversions = 0  # torch -> OpenVINO conversions made by this instance (a cache hit makes none)
-        self.output_count: int | None = None  # None: one tensor out; n: a list of n tensors
+        self.output_count: int | None = None  # None: one tensor out; n: a list of n tensors (the 3-D encoder)
 
     def refresh(self) -> None:
         """Forget the compiled models if the encoder's weights changed since they were made (weights reloaded in
@@ -111,13 +111,13 @@ class OpenVINOEncoder:
     def _read_or_convert(self, example: torch.Tensor):
         import openvino as ov
 
-        self._check_image_only(example)
         path = self.model_path(tuple(example.shape))
         if path is not None and os.path.isfile(path):
             try:
                 return ov.Core().read_model(path)
             except RuntimeError as e:  # a damaged file: convert again and replace it
                 logger.warning(f"cannot read the cached OpenVINO model {path} ({e}); converting again")
+        self._check_image_only(example)
         logger.info(
             f"converting the {type(self.encoder).__name__} image encoder to OpenVINO for {tuple(example.shape)}"
         )
@@ -131,8 +131,8 @@ class OpenVINOEncoder:
         return model
 
     def _check_image_only(self, example: torch.Tensor) -> None:
-        """Run the torch encoder once: it must leave its context empty and return a tensor or a list of them
-        (the 3-D encoder's feature pyramid), whose count is kept for :meth:`__call__`."""
+        """Run the torch encoder once before converting it: it must leave its context empty and return a tensor or
+        a list of them (the 3-D encoder's feature pyramid)."""
         context: dict[str, Any] = {}
         with torch.no_grad():
             try:
@@ -148,7 +148,6 @@ class OpenVINOEncoder:
         outputs = [out] if isinstance(out, torch.Tensor) else list(out)
         if not all(isinstance(o, torch.Tensor) for o in outputs):
             raise ValueError(f"{type(self.encoder).__name__} returns {type(out).__name__}: use encoder_backend 'torch'")
-        self.output_count = None if isinstance(out, torch.Tensor) else len(outputs)
 
     @staticmethod
     def _save(model, path: str) -> None:
@@ -174,7 +173,9 @@ class OpenVINOEncoder:
                 "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             }
-            self.compiled[shape] = ov.Core().compile_model(self._read_or_convert(example), "CPU", config)
+            model = self._read_or_convert(example)
+            self.output_count = None if len(model.outputs) == 1 else len(model.outputs)
+            self.compiled[shape] = ov.Core().compile_model(model, "CPU", config)
         return self.compiled[shape]
 
     def __call__(self, x: torch.Tensor, context: dict[str, Any] | None = None) -> torch.Tensor | list[torch.Tensor]:

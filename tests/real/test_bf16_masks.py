@@ -9,10 +9,9 @@ which must still be found. The DICOM series' labels are placed on its grid throu
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
-from workflow_utils import box_of, dice, label_on_grid, read_dicom_series, run_inference
+from workflow_utils import box_of, ct_labels_on_image, dice, inference_mask
 
 pytestmark = pytest.mark.slow  # four MedSAM runs over 50 real slices
 
@@ -21,27 +20,18 @@ DICE_MIN = 0.98
 UNSTABLE = {7}  # the pancreas: Dice 0.23-0.34 to its label in float32; bf16 sends its propagation another way
 
 
-def _labels_on_image(totalseg_dir, volume: str) -> np.ndarray:
-    """The label map in the image file's voxel order (i, j, k)."""
-    if volume == "3mm":
-        return np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-    series, _ = read_dicom_series(totalseg_dir / "dicom")
-    return label_on_grid(totalseg_dir / "ct_dicom_labels.nii.gz", series).transpose(2, 1, 0)
-
-
 @pytest.mark.parametrize("volume", ["3mm", "dicom"])
 def test_bf16_masks_match_float32_per_organ(repo_root, totalseg_dir, litemedsam_weights, volume, tmp_path):
-    labels = _labels_on_image(totalseg_dir, volume)
+    labels = ct_labels_on_image(totalseg_dir, volume)
     present = [o for o in ORGANS if (labels == o).any()]
     image = totalseg_dir / ("ct_abdomen_3mm.nii.gz" if volume == "3mm" else "dicom")
     request = {"image": str(image), "boxes": [box_of(labels == o) for o in present], "box_labels": present}
     configs = repo_root / "bundles" / "medsam" / "configs"
     masks = {}
     for precision in ("float32", "bf16"):
-        out = tmp_path / precision
-        run_inference(configs, out, request, ckpt_path=str(litemedsam_weights), precision=precision)
-        (written,) = out.glob("*_seg.nii.gz")
-        masks[precision] = np.asarray(nib.load(str(written)).dataobj)
+        masks[precision] = inference_mask(
+            configs, tmp_path / precision, request, ckpt_path=str(litemedsam_weights), precision=precision
+        )
     assert not np.array_equal(masks["float32"], masks["bf16"])  # the bf16 path did run
     agreement = {o: round(dice(masks["bf16"] == o, masks["float32"] == o), 4) for o in present}
     print(f"{volume}: Dice bf16 vs float32 per organ {agreement}")

@@ -19,8 +19,9 @@ import copy
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
-from workflow_utils import box_of, dice, label_on_grid, read_dicom_series, run_inference
+from workflow_utils import box_of, ct_labels_on_image, dice, inference_mask, read_dicom_series
 
 from common.bundle import optimise_for_inference
 from common.networks.medsam import build_lite_medsam
@@ -36,13 +37,9 @@ def _volume_and_labels(totalseg_dir, volume: str) -> tuple[np.ndarray, np.ndarra
     """HU and labels in the image file's voxel order ``(i, j, k)``."""
     if volume == "3mm":
         image = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm.nii.gz")).dataobj)
-        labels = np.asarray(nib.load(str(totalseg_dir / "ct_abdomen_3mm_labels.nii.gz")).dataobj)
-        return image, labels
-    import SimpleITK as sitk
-
-    series, _ = read_dicom_series(totalseg_dir / "dicom")
-    labels = label_on_grid(totalseg_dir / "ct_dicom_labels.nii.gz", series).transpose(2, 1, 0)
-    return sitk.GetArrayFromImage(series).transpose(2, 1, 0), labels
+    else:
+        image = sitk.GetArrayFromImage(read_dicom_series(totalseg_dir / "dicom")[0]).transpose(2, 1, 0)
+    return image, ct_labels_on_image(totalseg_dir, volume)
 
 
 def _organ_slices(totalseg_dir):
@@ -112,10 +109,9 @@ def test_inference_json_with_the_openvino_backend(
     configs = repo_root / "bundles" / "medsam" / "configs"
     masks = {}
     for backend in ("torch", "openvino"):
-        out = tmp_path / backend
-        run_inference(configs, out, request, ckpt_path=str(weights), encoder_backend=backend)
-        (written,) = out.glob("*_seg.nii.gz")
-        masks[backend] = np.asarray(nib.load(str(written)).dataobj)
+        masks[backend] = inference_mask(
+            configs, tmp_path / backend, request, ckpt_path=str(weights), encoder_backend=backend
+        )
     agreement = {o: round(dice(masks["openvino"] == o, masks["torch"] == o), 4) for o in present}
     print(f"inference.json, OpenVINO float32 vs torch float32, per-organ Dice {agreement}")
     assert min(agreement.values()) >= 0.999, agreement
