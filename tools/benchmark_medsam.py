@@ -436,12 +436,11 @@ BUNDLE_VARIANTS = {  # our variants: (precision, encoder_backend) as inference.j
 }
 
 
-def bundle_breakdown(volume: str, data_dir: Path, weights: str, work_dir: Path, variants=BUNDLE_VARIANTS) -> dict:
-    """:func:`stage_times.time_bundle_run` of MedSAM's ``inference.json`` on ``volume``, all organs in one call
-    (boxes in the file's voxel indices), per variant, after one warm-up run; ``weights`` is linked into
-    ``work_dir`` so OpenVINO's cache goes there."""
-    name, _, labels_zyx = load_case(volume, data_dir)
-    organs, boxes = organ_boxes(name, labels_zyx)
+def bundle_breakdown(case: dict, data_dir: Path, weights: str, work_dir: Path, variants=BUNDLE_VARIANTS) -> dict:
+    """:func:`stage_times.time_bundle_run` of MedSAM's ``inference.json`` on the volume of ``case`` (a
+    :func:`benchmark_volume` result), its organs' boxes in one call (the file's voxel indices), per variant, after
+    one warm-up run; ``weights`` is linked into ``work_dir`` so OpenVINO's cache goes there."""
+    volume, name, organs, boxes = case["volume"], case["name"], case["organs"], case["boxes"]
     image = data_dir / VOLUMES[volume][0]
     link = work_dir / "weights" / "model.pt"
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -781,7 +780,7 @@ def main(
                 )
                 volumes.append(result)
                 if breakdown and dev.type == "cpu":
-                    breakdowns.append(bundle_breakdown(name, data, weights, Path(work)))
+                    breakdowns.append(bundle_breakdown(result, data, weights, Path(work)))
             encoder_input = result.pop("encoder_input")
             enc = benchmark_encoder(
                 ours, unfolded, ref_model, encoder_input, result.pop("encoder_box"), int(encoder_iterations), dev

@@ -34,7 +34,8 @@ def compare_encoder_backends(network, images: torch.Tensor, rounds: int, sides=S
     """Time ``network.image_encoder(images)`` on each of ``sides`` (``(backend, precision)``); one dict per side:
     ``backend, precision, ms`` (median of ``rounds``), ``first_s`` (first call), ``max_abs``, ``cosine`` (vs the
     first side), or ``skipped`` with the reason."""
-    results, runners = [], {}
+    results: list[dict] = []
+    runners: list[tuple] = []  # (network on that side, its result row)
     reference = None
     for backend, precision in sides:
         row = {"backend": backend, "precision": precision, "times": []}
@@ -54,17 +55,14 @@ def compare_encoder_backends(network, images: torch.Tensor, rounds: int, sides=S
         reference = out if reference is None else reference
         row["max_abs"] = float((out - reference).abs().max())
         row["cosine"] = float(F.cosine_similarity(out.double(), reference.double(), dim=0))  # float32 can pass 1
-        runners[(backend, precision)] = variant
+        runners.append((variant, row))
     print(f"  encoder backends: {rounds} interleaved rounds ...", end="", flush=True)
-    keys = list(runners)
     with torch.no_grad():
         for r in range(rounds):
-            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            for variant, row in runners[r % len(runners) :] + runners[: r % len(runners)]:
                 start = time.perf_counter()
-                runners[key].image_encoder(images)
-                next(row for row in results if (row["backend"], row["precision"]) == key)["times"].append(
-                    1000 * (time.perf_counter() - start)
-                )
+                variant.image_encoder(images)
+                row["times"].append(1000 * (time.perf_counter() - start))
     for row in results:
         if row["times"]:
             row["ms"] = statistics.median(row["times"])
