@@ -8,6 +8,7 @@ from sam_reference import ATOL, DECODER, TINY_CONFIGS, prompt_cases, randomise_,
 from torch import nn
 
 from common.networks.sam import VIT_PRESETS, ImageEncoderViT, build_sam_vit
+from common.networks.sam.image_encoder import BIAS_WORKSPACE
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
@@ -166,6 +167,39 @@ def test_attention_goes_through_sdpa(monkeypatch):
     with torch.no_grad():
         ours.decode(torch.rand(1, DECODER["prompt_embed_dim"], 4, 4), boxes=torch.tensor([[1.0, 1.0, 9.0, 9.0]]))
     assert len(calls) == 2 * 3 + 1 and all(c is None for c in calls)
+
+
+def test_rel_pos_bias_workspace_without_autograd():
+    """Without autograd the blocks write their rel-pos bias into one tensor per shape kept in the forward's context
+    (the 4x4 windows and the 10x10 global grid of "pad_10_to_12": two tensors for three blocks), with the same
+    output as fresh tensors; the encoder removes it when its blocks are done. With autograd nothing is shared and
+    gradients reach the rel-pos tables."""
+    ref, ours, size = tiny_pair("pad_10_to_12")
+    encoder = ours.image_encoder
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = ref.image_encoder(x)
+        tokens = encoder.embed_tokens(x)
+    for mode in (torch.no_grad, torch.inference_mode):
+        context: dict = {}
+        with mode():
+            torch.testing.assert_close(encoder(x, context), expected, atol=ATOL, rtol=0)
+            assert context == {}
+            for blk in encoder.blocks:
+                blk(tokens, context)
+        shapes = sorted(tuple(key[0]) for key in context[BIAS_WORKSPACE])
+        assert shapes == [(1, 4, 10, 10, 10, 10), (9, 4, 4, 4, 4, 4)]  # global grid; 9 windows of 4x4
+        workspace = list(context[BIAS_WORKSPACE].values())
+        with mode():
+            encoder.blocks[0](tokens, context)  # later calls with the same context reuse its tensors
+        assert all(a is b for a, b in zip(workspace, context[BIAS_WORKSPACE].values()))
+    context = {}
+    encoder.blocks[1](tokens, context)
+    assert context[BIAS_WORKSPACE] == {}
+    out = encoder(x)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+    out.square().mean().backward()
+    assert all(blk.attn.rel_pos_h.grad.abs().sum() > 0 for blk in encoder.blocks)
 
 
 @pytest.mark.slow
