@@ -9,9 +9,10 @@ with :meth:`ImageEncoderViT.set_hook` under ``hooks.{name}.*``; unused slots and
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`; SAM's decomposed relative
 position bias is computed separately and passed as the additive ``attn_mask``. Without autograd, the encoder's
-blocks write that bias into one tensor per shape kept for the forward (under :data:`BIAS_WORKSPACE` in its context,
-removed when the blocks are done) instead of a fresh one per block: at 1024 px each global block's bias is 805 MB (ViT-B), and writing it into
-memory the process has just used, rather than pages it must fault in again, makes the encoder about 1.1x faster.
+blocks write that bias into one tensor per shape kept for the forward (under :data:`BIAS_WORKSPACE` in its
+context, removed when the blocks are done) instead of a fresh one per block: at 1024 px each global block's bias
+is 805 MB (ViT-B), and writing it into memory the process has just used, rather than pages it must fault in
+again, makes the encoder about 1.08x faster.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ class Attention(nn.Module):
 
         bias[(i,j),(k,l)] = q_(i,j) . R_h[i-k] + q_(i,j) . R_w[j-l]. MONAI's ``add_decomposed_rel_pos`` adds this
         to an existing attention matrix; SDPA needs the bias alone, so only ``get_rel_pos`` is reused. With a
-        ``workspace`` dict and autograd off (and not tracing or compiling), the bias is written into (and returned as a view of) its tensor of this
-        shape, made on first use; the same values as a fresh tensor.
+        ``workspace`` dict and autograd off (and not tracing or compiling), the bias is written into (and returned
+        as a view of) the workspace's tensor of this shape, made on first use: the same values as a fresh tensor.
         """
         h, w = hw
         r_h = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, hd)
