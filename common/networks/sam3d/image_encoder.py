@@ -96,7 +96,9 @@ class Attention3d(Attention):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    # Not a drop-in for the 2-D Attention (3-D windows and a shift mask in, not a bias workspace): it reuses its
+    # projections and tables.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         n_windows = x.shape[0] if mask is None else mask.shape[0]
         masks = None if mask is None else mask.repeat(x.shape[0] // n_windows, 1, 1)
         if torch.is_grad_enabled() or x.shape[0] <= self.inference_chunk:
