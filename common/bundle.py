@@ -67,8 +67,8 @@ def optimise_for_inference(
     where it is installed and the network is on the CPU; :mod:`common.networks.openvino_encoder`, its converted
     models cached in ``openvino/`` beside ``weights_path``). The fold is used in eval mode without gradients;
     ``train()`` and loading weights undo it, and calling this again redoes it (cheap). On the CPU, glibc is told to
-    keep freed memory for re-use (:func:`common.host_memory.keep_freed_memory`: no page faults per forward, about
-    1.35x for TinyViT; the user's own malloc settings win). Call after :func:`load_weights`; returns ``network``."""
+    keep freed memory for re-use (:func:`common.host_memory.keep_freed_memory`: no page faults per forward, 1.30x for
+    TinyViT; the user's own malloc settings win). Call after :func:`load_weights`; returns ``network``."""
     from common.host_memory import keep_freed_memory
     from common.networks.openvino_encoder import set_encoder_backend
     from common.networks.precision import set_encoder_precision

