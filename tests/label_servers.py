@@ -1,5 +1,6 @@
 """Servers the MONAI Label tests start on 127.0.0.1, each in its own process group and stopped (checked gone) on exit:
-``monailabel start_server`` over the project's app, and Orthanc with its DICOMweb plugin (tests/ is on ``sys.path``).
+``monailabel start_server`` over the project's app (started as the README says), and Orthanc with its DICOMweb
+plugin (tests/ is on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -55,18 +56,17 @@ def _process_group(command: list[str], log: Path, env: dict | None = None):
 
 @contextmanager
 def monailabel_server(app: Path, studies: Path | str, conf: dict, log: Path):
-    """``monailabel start_server --app app --studies studies`` on 127.0.0.1 with the torchvision stand-in on its
-    path; yields a ``MONAILabelClient`` once ``/info`` answers. ``studies`` is a folder or a DICOMweb URL."""
+    """The README's server command, ``python -m common.label.serve --app app --studies studies`` (its default host,
+    127.0.0.1), with the torchvision stand-in on its path; yields a ``MONAILabelClient`` once ``/info`` answers.
+    ``studies`` is a folder or a DICOMweb URL."""
     from monailabel.client import MONAILabelClient
 
     port = free_port()
     env = dict(os.environ)
-    env["MONAILABEL_PYEXE"] = sys.executable
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(REPO / "tests" / "monailabel_site")  # torchvision stand-in, see sitecustomize.py
     env["MONAI_LABEL_DATASTORE_AUTO_RELOAD"] = "false"
-    command = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(app)]
-    command += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "common.label.serve", "--app", str(app)]
+    command += ["--studies", str(studies), "--port", str(port)]
     for key, value in conf.items():
         command += ["--conf", key, str(value)]
     with _process_group(command, log, env) as process:
