@@ -180,3 +180,33 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path):
         load_state_dict_file(tmp_path / "diverged.pt")
     torch.save(state, tmp_path / "fine.pt")
     assert load_state_dict_file(tmp_path / "fine.pt").keys() == state.keys()
+
+
+@pytest.mark.parametrize("writer", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_numpy_scalars_load_whichever_numpy_wrote_them(tmp_path, writer):
+    """The authors' training checkpoints hold numpy scalars (e.g. 3DSAM-adapter's ``best_val_loss``), pickled under
+    the name of the numpy that wrote them: numpy 1 spells the reconstructor ``numpy.core.multiarray.scalar``, numpy 2
+    ``numpy._core.multiarray.scalar``. Both load weights-only, under either numpy here."""
+    import zipfile
+
+    import numpy as np
+
+    from common.networks.sam.checkpoint import torch_load_weights
+
+    written = tmp_path / "written.pt"
+    torch.save({"state_dict": {"w": torch.arange(3.0)}, "best_val_loss": np.float64(0.25)}, written)
+    renamed = tmp_path / "renamed.pt"
+    with zipfile.ZipFile(written) as source, zipfile.ZipFile(renamed, "w", zipfile.ZIP_STORED) as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("/data.pkl"):
+                spelled = [
+                    m for m in ("numpy._core.multiarray", "numpy.core.multiarray") if f"c{m}\nscalar".encode() in data
+                ]
+                assert spelled, "the pickle names no numpy scalar reconstructor"
+                data = data.replace(f"c{spelled[0]}\nscalar".encode(), f"c{writer}\nscalar".encode())
+                assert f"c{writer}\nscalar".encode() in data
+            target.writestr(item, data)
+    loaded = torch_load_weights(renamed)
+    assert float(loaded["best_val_loss"]) == 0.25
+    torch.testing.assert_close(loaded["state_dict"]["w"], torch.arange(3.0))

@@ -71,8 +71,14 @@ def extract_state_dict(obj, source: str = "<in-memory object>") -> dict[str, tor
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+# A pickled numpy scalar names its reconstructor after the numpy that wrote it: numpy 1 files (e.g. the 3DSAM-adapter
+# and MSA authors' checkpoints) say numpy.core.multiarray, numpy 2 files numpy._core.multiarray. torch matches names.
+NUMPY_SCALAR_NAMES = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+
+
 def _numpy_scalar_globals() -> list:
-    """numpy's scalar reconstructor, ``numpy.dtype`` and its dtype classes: what a pickled numpy scalar needs."""
+    """numpy's scalar reconstructor under both names, ``numpy.dtype`` and its dtype classes: what a pickled numpy
+    scalar needs, whichever numpy wrote it."""
     import importlib
 
     import numpy as np
@@ -81,7 +87,7 @@ def _numpy_scalar_globals() -> list:
     scalar = importlib.import_module(name).scalar
     dtypes = getattr(np, "dtypes", None)
     classes = [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes is not None else []
-    return [scalar, np.dtype, *[c for c in classes if isinstance(c, type)]]
+    return [*[(scalar, alias) for alias in NUMPY_SCALAR_NAMES], np.dtype, *[c for c in classes if isinstance(c, type)]]
 
 
 def torch_load_weights(path: str | os.PathLike, map_location: str | torch.device | None = "cpu"):
