@@ -42,9 +42,10 @@ TINY = dict(
 
 
 def zero_adapter_outputs(model):
+    """Zero the image encoder's adapter up-projections (the decoder adapters are left as built: zero-initialised)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".adapters." in name and ".fc2." in name:
+            if name.startswith("image_encoder.") and ".adapters." in name and ".fc2." in name:
                 p.zero_()
 
 
@@ -110,7 +111,8 @@ def reference_from(model) -> torch.nn.Module:
 
 @pytest.mark.parametrize("depth, decoder_adapters", [(None, False), (4, False), (4, True)])
 def test_zeroed_adapters_equal_sam(depth, decoder_adapters):
-    """With every adapter's up-projection zero (the decoder adapters start so) the network is SAM's."""
+    """With the encoder adapters' up-projections zeroed and the decoder adapters as built (zero-initialised), the
+    network is SAM's."""
     torch.manual_seed(0)
     model = build_msa(num_slices=depth, decoder_adapters=decoder_adapters, **TINY).eval()
     with torch.no_grad():
