@@ -40,7 +40,16 @@ ORGANS = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stom
 STRUCTURES = list(range(1, len(ORGANS) + 1))
 LIVER = 5
 ROI = 16
-TINY_NET = {"_target_": "common.networks.msa.build_msa", "num_slices": "@num_slices", **TINY_SIZES}
+# the bundle's own network at tiny sizes (decoder adapters and the upstream flags as the config sets them)
+TINY_NET = {
+    "_target_": "common.networks.msa.build_msa",
+    "num_slices": "@num_slices",
+    "depth_grouping": "@depth_grouping",
+    "pad_before_norm": "@pad_before_norm",
+    "decoder_adapters": "@decoder_adapters",
+    "decoder_efficientsam_block": "@upstream_decoder_block",
+    **TINY_SIZES,
+}
 TINY = {"network_def": TINY_NET, "roi_size": ROI, "structures": STRUCTURES, "num_workers": 0}
 FAKE_NET = {"_target_": "workflow_utils.ClickSlices"}
 
@@ -85,7 +94,10 @@ def sam_checkpoint(tmp_path_factory) -> Path:
 def tiny_weights(tmp_path_factory) -> Path:
     """A random tiny MSA ``model.pt`` (plain state dict)."""
     torch.manual_seed(0)
-    return save_weights(tmp_path_factory.mktemp("msa_weights"), build_msa(num_slices=ROI, **TINY_SIZES).state_dict())
+    return save_weights(
+        tmp_path_factory.mktemp("msa_weights"),
+        build_msa(num_slices=ROI, decoder_adapters=True, **TINY_SIZES).state_dict(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +107,7 @@ def fake_weights(tmp_path_factory) -> Path:
 
 def load_tiny(path: Path) -> dict[str, torch.Tensor]:
     """A saved ``model.pt``: must be a plain state dict that loads strictly into the tiny network."""
-    return load_strict(path, build_msa(num_slices=ROI, **TINY_SIZES))
+    return load_strict(path, build_msa(num_slices=ROI, decoder_adapters=True, **TINY_SIZES))
 
 
 # ---------------------------------------------------------------------------------------------------- network, meta
@@ -124,6 +136,50 @@ def test_bundle_network_has_the_decoder_adapters_by_default(configs):
     assert counts() == (104_618_288, 14_941_156)
     assert counts(decoder_adapters=False) == (104_386_864, 14_709_732)
     assert "14,941,156 of 104,618,288" in json.loads((configs / "metadata.json").read_text())["description"]
+
+
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_upstream_flags_reach_the_network(configs, config):
+    """``pad_before_norm`` reaches every window block, ``upstream_decoder_block`` every two-way block,
+    ``depth_grouping`` every depth branch; each is off by default."""
+    from monai.bundle import ConfigParser
+
+    def network(**override):
+        parser = ConfigParser()
+        parser.read_config(str(configs / config))
+        parser.update({"network_def#device": "meta", **override})
+        return parser.get_parsed_content("network_def")
+
+    def flags(net) -> set[tuple[str, object]]:
+        blocks = [b for b in net.image_encoder.blocks if b.window_size > 0]
+        return {
+            *{("pad_before_norm", b.pad_before_norm) for b in blocks},
+            *{("efficientsam", layer.efficientsam_self_attention) for layer in net.mask_decoder.transformer.layers},
+            *{("grouping", m.grouping) for m in net.modules() if type(m).__name__ == "DepthAttention"},
+        }
+
+    assert flags(network()) == {("pad_before_norm", False), ("efficientsam", False), ("grouping", "per_token")}
+    upstream = network(pad_before_norm=True, upstream_decoder_block=True, depth_grouping="published")
+    assert flags(upstream) == {("pad_before_norm", True), ("efficientsam", True), ("grouping", "published")}
+
+
+def test_sam_keys_like_upstream_reaches_the_sam_loader(configs, dataset, sam_checkpoint, tmp_path):
+    """train.json's ``sam_keys_like_upstream``: the 32-key pattern the released loader skips stays at initialisation
+    (rel-pos tables zero), every other SAM key loads."""
+    from common.networks.msa import UPSTREAM_SKIPPED_SAM_KEYS
+
+    sam = torch.load(str(sam_checkpoint), map_location="cpu", weights_only=True)
+    for like_upstream in (False, True):
+        wf = train_workflow(
+            configs, dataset, tmp_path / str(like_upstream), init_from_sam=True, sam_checkpoint=str(sam_checkpoint),
+            sam_keys_like_upstream=like_upstream, epochs=1, val_interval=1,
+        )  # fmt: skip
+        wf.initialize()
+        state = wf.parser.get_parsed_content("network").state_dict()
+        skipped = {k for k in sam if UPSTREAM_SKIPPED_SAM_KEYS.search(k)}
+        assert skipped and {k for k in sam if not torch.equal(state[k], sam[k])} == (
+            skipped if like_upstream else set()
+        )
 
 
 def test_verify_net_in_out(configs):
@@ -191,7 +247,11 @@ def test_train_from_sam(configs, dataset, sam_checkpoint, tmp_path):
     adapters = {k for k in saved if ".adapters." in k}
     assert {k for k in saved if k not in adapters} == set(sam)  # every non-adapter key comes from SAM
     assert trainable == adapters | {k for k in saved if k.startswith("mask_decoder.")}
-    assert {k.split(".adapters.")[1].split(".")[0] for k in adapters} == {"after_attn", "parallel_mlp", "parallel_attn"}
+    kinds = {(k.split(".")[0], k.split(".adapters.")[1].split(".")[0]) for k in adapters}
+    assert kinds == {
+        *[("image_encoder", kind) for kind in ("after_attn", "parallel_mlp", "parallel_attn")],
+        *[("mask_decoder", kind) for kind in ("after_token_to_image", "parallel_mlp", "after_image_to_token")],
+    }  # the bundle's default: the paper's decoder adapters too, and they train (below)
     for key in ("image_encoder.blocks.0.attn.rel_pos_h", "image_encoder.blocks.1.attn.rel_pos_w"):
         assert sam[key].abs().sum() > 0 and torch.equal(saved[key], sam[key]), key
     for key, value in sam.items():
