@@ -95,12 +95,22 @@ class DepthAttention(nn.Module):
     the windowed batch axis, ordered (slice, window), is split into groups of ``D`` consecutive entries, which mixes
     windows and slices (in global blocks both groupings are the same), and ``D`` is folded by
     :func:`upstream_factors` instead of :func:`closest_factors` (they differ for square counts only).
+    ``pad_norm`` (the block's ``norm1`` when it pads before norm): the released code builds the depth branch's windows
+    from the zero-padded grid and norms them, so in ``"published"`` grouping the padded tokens enter the depth
+    attention as ``pad_norm(0)``, the LayerNorm bias, and share sequences with real tokens; without it they are zeros.
     """
 
     attention: Attention  # set with object.__setattr__ in __init__
+    pad_norm: nn.LayerNorm | None
 
     def __init__(
-        self, attention: Attention, depth: int, adapter: nn.Module, grouping: str = "per_token", window_size: int = 0
+        self,
+        attention: Attention,
+        depth: int,
+        adapter: nn.Module,
+        grouping: str = "per_token",
+        window_size: int = 0,
+        pad_norm: nn.LayerNorm | None = None,
     ) -> None:
         super().__init__()
         if grouping not in DEPTH_GROUPINGS:
@@ -108,6 +118,7 @@ class DepthAttention(nn.Module):
         if depth < 2:
             raise ValueError(f"the depth branch needs at least 2 slices per volume, got depth={depth}")
         object.__setattr__(self, "attention", attention)  # shared with the block: not a submodule
+        object.__setattr__(self, "pad_norm", pad_norm)  # likewise
         self.adapter = adapter
         self.depth, self.grouping, self.window_size = depth, grouping, window_size
         self.grid = upstream_factors(depth) if grouping == "published" else closest_factors(depth)
@@ -117,13 +128,26 @@ class DepthAttention(nn.Module):
         n, d, c = seq.shape
         return self.adapter(self.attention(seq.reshape(n, *self.grid, c))).reshape(n, d, c)
 
+    def _padded_like_upstream(self, xn: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, C)`` -> ``(N, Hp, Wp, C)``, a multiple of the window, padded with ``pad_norm(0)``."""
+        n, h, w, c = xn.shape
+        ws = self.window_size
+        hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
+        if (hp, wp) == (h, w):
+            return xn
+        assert self.pad_norm is not None
+        grid = self.pad_norm(xn.new_zeros(c)).expand(n, hp, wp, c).clone()
+        grid[:, :h, :w] = xn
+        return grid
+
     def forward(self, xn: torch.Tensor) -> torch.Tensor:
         bd, h, w, c = xn.shape
         d = self.depth
         if bd % d:
             raise ValueError(f"the depth branch takes stacks of {d} slices: batch of {bd} slices is not a multiple")
         if self.grouping == "published" and self.window_size > 0:
-            windows, pad_hw = window_partition(xn, self.window_size)  # (B * D * nW, ws, ws, C), (slice, window)
+            grid = self._padded_like_upstream(xn) if self.pad_norm is not None else xn
+            windows, pad_hw = window_partition(grid, self.window_size)  # (B * D * nW, ws, ws, C), (slice, window)
             nwd, ws = windows.shape[0], self.window_size
             seq = windows.reshape(nwd // d, d, ws * ws, c).transpose(1, 2).reshape(-1, d, c)
             out = self._along_depth(seq).reshape(nwd // d, ws * ws, d, c).transpose(1, 2)
@@ -279,7 +303,8 @@ def build_msa(
         def depth_branch(i: int) -> DepthAttention:
             block = cast(Block, enc.blocks[i])
             adapter = Adapter(dim, ADAPTER_RATIO, nn.GELU, skip=False)
-            return DepthAttention(block.attn, num_slices, adapter, depth_grouping, block.window_size)
+            pad_norm = block.norm1 if block.pad_before_norm else None
+            return DepthAttention(block.attn, num_slices, adapter, depth_grouping, block.window_size, pad_norm)
 
         enc.set_adapters("parallel_attn", depth_branch)
     if decoder_adapters:

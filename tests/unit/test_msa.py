@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from common.networks.msa import (
     DepthAttention,
@@ -430,3 +432,25 @@ def test_released_training_checkpoint_converts_and_loads_strictly(tmp_path):
         msa_published(str(path), str(tmp_path / "other.pt"), num_slices=None, image_size=64,
                       **{k: v for k, v in TINY.items() if k != "image_size"})  # fmt: skip
     assert not (tmp_path / "other.pt").exists()
+
+
+def test_depth_branch_pads_like_the_released_code_in_the_upstream_mode():
+    """pad_before_norm + published grouping: the released code norms the zero-padded windows, so the depth branch's
+    padded tokens are norm1's bias and, regrouped with real ones, change real tokens' outputs. Ours equals that
+    procedure (the branch run on ``norm1(zero-padded grid)``, cropped) and differs from zero padding."""
+    from common.networks.msa import DepthAttention
+    from common.networks.sam.image_encoder import Block
+
+    torch.manual_seed(0)
+    block = Block(8, num_heads=2, window_size=3, pad_before_norm=True)
+    with torch.no_grad():
+        block.norm1.bias.normal_()
+    adapter = nn.Linear(8, 8)
+    ours = DepthAttention(block.attn, 4, adapter, "published", window_size=3, pad_norm=block.norm1)
+    zero_padded = DepthAttention(block.attn, 4, adapter, "published", window_size=3)
+    x = torch.randn(8, 5, 5, 8)  # 2 volumes of 4 slices, a 5 x 5 grid: windows of 3 pad it to 6 x 6
+    with torch.no_grad():
+        released = zero_padded(block.norm1(F.pad(x, (0, 0, 0, 1, 0, 1))))[:, :5, :5]  # a multiple: no more padding
+        mine = ours(block.norm1(x))
+        torch.testing.assert_close(mine, released)
+        assert (mine - zero_padded(block.norm1(x))).abs().max() > 1e-3
