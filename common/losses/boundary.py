@@ -9,9 +9,11 @@ With a binary target ``g`` and probabilities ``p = sigmoid(logits)``, over the *
 * ``I = sum(p g)``, ``Y = sum(g^2)``, ``Z = sum(p^2)``;
   ``L = (Z + Y - 2 I + 1e-5) / (Z + Y - (1 + alpha) I + 1e-5)``.
 
-For binary ``p`` this is ``1 - 2 gamma TP / (2 gamma TP + FP + FN)`` with ``gamma = (1 - alpha) / 2 = t_c / t_s``,
-at least 0.1 (the truncation): a Dice-like loss whose TP weight is the boundary-to-area ratio (small objects weigh
-their overlap more). ``gamma`` is ``t_c / t_s``, not ``1 - t_c / t_s``. MONAI has no Boundary DoU loss.
+Names as in the addendum (item 6), which keeps the two parametrisations apart: in the paper's form
+``L = (|G u P| - |G n P|) / (|G u P| - gamma |G n P|)`` the coefficient is ``gamma = alpha``; in the Dice-like form, for
+binary ``p``, ``L = 1 - 2 beta TP / (2 beta TP + FP + FN)`` with ``beta = (1 - alpha) / 2 = t_c / t_s``, at least 0.1
+(the truncation): the TP weight is the boundary-to-area ratio (small objects weigh their overlap more). ``beta`` is
+``t_c / t_s``, not ``1 - t_c / t_s``. MONAI has no Boundary DoU loss.
 """
 
 from __future__ import annotations

@@ -89,6 +89,28 @@ def test_metadata_matches_published_sizes(configs):
     assert published == (1024, 512, 256, 2, 5e-4) and train["lr_step_epochs"] == 30
 
 
+def test_published_optimiser_and_schedule(configs):
+    """Adam 5e-4 (betas 0.9/0.999, no weight decay) on the trainable set only, halved every 30 epochs, stepped once
+    per epoch (LrScheduleHandler's default)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    parser.update({"network_def#device": "meta"})
+    optimizer = parser.get_parsed_content("optimizer")
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is torch.optim.Adam and group["betas"] == (0.9, 0.999) and group["weight_decay"] == 0
+    assert sum(p.numel() for p in group["params"]) == 4_238_992
+    (handler,) = [h for h in parser["train"]["handlers"] if h["_target_"] == "LrScheduleHandler"]
+    assert handler.get("epoch_level", True)
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    rates = []
+    for _ in range(61):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert (rates[0], rates[29], rates[30], rates[59], rates[60]) == (5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4)
+
+
 def test_brain_window_option_reaches_training_evaluation_and_inference(configs, dataset):
     """One ``window`` key switches the slice preprocessing of every config (published percentile clip by default)."""
     from monai.bundle import ConfigParser
@@ -184,8 +206,8 @@ def test_evaluate_reports_slices_positive_slices_and_patients(configs, dataset, 
     ids=["brain_click", "brain_box", "lung_clicks"],
 )
 def test_inference_on_real_lesion_volumes(configs, tiny_weights, tmp_path, lesions_dir, name, prompt, prompted):
-    """NRRD volume + clicks/boxes in file voxel indices -> a NIfTI label volume on the input's grid; only the
-    prompted slices can hold labels."""
+    """NRRD volume + clicks/boxes in file voxel indices -> a NIfTI label volume on the input's grid (its exact
+    affine: brain1's y axis runs backwards and its origin is not zero); only the prompted slices can hold labels."""
     image = lesions_dir / f"{name}_image.nrrd"
     out = tmp_path / "out"
     wf = run_inference(configs, out, {"image": str(image), **prompt}, ckpt_path=str(tiny_weights), **TINY_CFG)
@@ -194,7 +216,10 @@ def test_inference_on_real_lesion_volumes(configs, tiny_weights, tmp_path, lesio
     seg = nib.load(str(out / f"{name}_image_seg.nii.gz"))
     ref = sitk.ReadImage(str(image))
     assert seg.shape == ref.GetSize()
-    np.testing.assert_allclose(np.abs(np.diag(seg.affine))[:3], ref.GetSpacing(), atol=1e-4)
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(ref.GetDirection()).reshape(3, 3) * np.asarray(ref.GetSpacing())
+    lps[:3, 3] = ref.GetOrigin()
+    np.testing.assert_allclose(seg.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-4)  # RAS of the file's LPS
     data = np.asarray(seg.dataobj)
     assert {int(z) for z in np.nonzero(data.any(axis=(0, 1)))[0]} <= prompted
 

@@ -5,6 +5,7 @@ SAM, and the boundary-sensitive loss against its closed forms."""
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import pytest
@@ -179,16 +180,16 @@ def _bd(p_binary: torch.Tensor, g: torch.Tensor) -> float:
 
 def test_boundary_dou_matches_the_dice_like_closed_form():
     g = torch.zeros(1, 1, 12, 12)
-    g[0, 0, 2:8, 3:9] = 1  # 6 x 6: t_c 20, t_s 36 -> gamma 20/36
+    g[0, 0, 2:8, 3:9] = 1  # 6 x 6: t_c 20, t_s 36 -> beta 20/36
     p = torch.zeros_like(g)
     p[0, 0, 3:9, 3:10] = 1
     tp = float((p * g).sum())
     fp, fn = float((p * (1 - g)).sum()), float(((1 - p) * g).sum())
-    gamma = 20 / 36
-    assert _bd(p, g) == pytest.approx(1 - 2 * gamma * tp / (2 * gamma * tp + fp + fn), rel=1e-4)
+    beta = 20 / 36
+    assert _bd(p, g) == pytest.approx(1 - 2 * beta * tp / (2 * beta * tp + fp + fn), rel=1e-4)
 
 
-def test_truncation_floors_gamma_at_a_tenth():
+def test_truncation_floors_beta_at_a_tenth():
     g = torch.zeros(1, 1, 64, 64)
     g[0, 0, 2:62, 2:62] = 1  # 60 x 60: t_c / t_s = 236 / 3600 < 0.1
     t_c, t_s = boundary_and_area(g)
@@ -275,3 +276,46 @@ def test_brain_window_keeps_hounsfield_meaning():
     assert float(published[0, 0, 16, 16]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown CT window"):
         SliceToModeld("image", 32, window="brian")
+
+
+def test_parameters_the_published_recipe_trains():
+    """Addendum item 7: under the published recipe (one positive click, no box or mask prompt, one mask output, the
+    loss on that mask) exactly 557,488 of the trainable parameters never get a gradient: ``mask_downscaling`` 4,684,
+    the negative-point and both box-corner embeddings 768, the three multimask hypernetwork MLPs 419,424 and the IoU
+    head 132,612; so 3,681,504 of the published 4,238,992 learn. The prompt encoder and decoder are built at SAM's
+    sizes (their counts do not depend on the encoder's); the encoder is small. The zero-initialised adapter terms are
+    made non-zero first, as after a training step, so the shared projections get their gradient too."""
+    torch.manual_seed(0)
+    small_encoder = dict(image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3)
+    model = samihs.build_samihs(global_attn_indexes=(1,), bottleneck=8, **small_encoder)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adapter" in name:
+                p.normal_(0, 0.1)
+    images = torch.rand(2, 1, 64, 64)
+    clicks, labels = torch.tensor([[[20.0, 30.0]], [[40.0, 12.0]]]), torch.ones(2, 1, dtype=torch.long)
+    logits = model(images, point_coords=clicks, point_labels=labels, multimask_output=False)
+    target = torch.zeros_like(logits)
+    target[..., 8:20, 10:24] = 1
+    BoundaryDoUBCELoss()(logits, target).backward()
+    idle = {
+        n: p.numel() for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    }
+    groups = {
+        "mask_downscaling": r"prompt_encoder\.mask_downscaling\.",
+        "negative point and box corners": r"prompt_encoder\.point_embeddings\.[023]\.",
+        "multimask hypernetworks": r"mask_decoder\.output_hypernetworks_mlps\.[123]\.",
+        "IoU head": r"mask_decoder\.iou_prediction_head\.",
+    }
+    assert all(any(re.match(pattern, n) for pattern in groups.values()) for n in idle), sorted(idle)
+    sizes = {group: sum(v for n, v in idle.items() if re.match(pattern, n)) for group, pattern in groups.items()}
+    assert sizes == {
+        "mask_downscaling": 4_684,
+        "negative point and box corners": 768,
+        "multimask hypernetworks": 419_424,
+        "IoU head": 132_612,
+    }
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    encoder_part = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and n.startswith("image_"))
+    published_encoder_part = 174_432  # 24 adapters and the two shared 768 x 100 projections at ViT-B sizes
+    assert trainable - encoder_part + published_encoder_part - sum(sizes.values()) == 3_681_504
