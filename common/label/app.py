@@ -1,8 +1,8 @@
 """The project's MONAI Label app: every bundle folder with inference weights, served with its prompts.
 
-Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)::
+Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``, see :mod:`common.label.serve`)::
 
-    monailabel start_server --app apps/sam_bundles --studies <images> --host 127.0.0.1 \
+    python -m common.label.serve --studies <images> \
         [--conf models medsam,3dsam_pancreas] [--conf bundles_dir <folder of bundles>] \
         [--conf embedding_cache_mb 2048] [--conf skip_trainers true] \
         [--conf encoder_backend torch|openvino|auto] [--conf precision float32|bf16|auto]
@@ -12,10 +12,11 @@ Start it (``pip install .[monailabel]``; the app folder is ``apps/sam_bundles``)
 bundle's own values (:func:`common.bundle.optimise_for_inference`). Each bundle becomes an inference task
 (:mod:`common.label.infer`) and, when it has ``configs/train.json`` and its ``inference.json`` does not say
 ``"served_training": false`` (bundles whose training reads datalists of slices or clips, not the datastore's images),
-a MONAI Label training task (stock ``BundleTrainTask``). ``--studies`` may be a DICOMweb URL (a PACS:
-:mod:`common.label.pacs`; final labels are saved there as DICOM SEG). Requests are checked first
-(:mod:`common.label.request_checks`): malformed ones answer 4xx with the reason, and only datastore images are
-segmented.
+a MONAI Label training task (:class:`ServedBundleTrainTask`: MONAI Label's ``BundleTrainTask`` writing the best
+weights over the served ``models/model.pt``, atomically, which the inference task then reloads). ``--studies`` may
+be a DICOMweb URL (a PACS: :mod:`common.label.pacs`; final labels are saved there as DICOM SEG). Requests are
+checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx with the reason, and only datastore
+images are segmented.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ from common.label.request_checks import check_model_and_image, check_params_befo
 logger = logging.getLogger(__name__)
 
 REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+
+class ServedBundleTrainTask(BundleTrainTask):
+    """MONAI Label training updates the model it serves: the bundle's best weights go to ``models/model.pt`` (its
+    ``train.json`` alone writes to the run folder and refuses to overwrite the weights it starts from). The write is
+    atomic (:class:`common.engines.checkpoints.BestWeightsSaver`), so a training stopped while saving leaves the
+    served weights whole."""
+
+    def _update_overrides(self, overrides):
+        overrides["ckpt_dir"] = os.path.join(self.bundle_path, "models")
+        overrides["protected_weights"] = []
+        return super()._update_overrides(overrides)
 
 
 def find_bundles(bundles_dir: str | os.PathLike, models: str | None = None) -> dict[str, str]:
@@ -112,7 +125,7 @@ class SamBundlesApp(MONAILabelApp):
             configs = Path(path) / "configs"
             served_training = json.loads((configs / "inference.json").read_text()).get("served_training", True)
             if (configs / "train.json").is_file() and served_training:
-                trainers[name] = BundleTrainTask(path, self.conf)
+                trainers[name] = ServedBundleTrainTask(path, self.conf)
         return trainers
 
     def init_strategies(self):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
+from common.progress import progress
 from common.transforms.sam_input import SliceGeometry, to_sam_layout
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class BoxPropagationInferer(Inferer):
         num_channels: channel count for ``output="channels"``.
         mask_value: ``"label"`` or a number; see above.
         overlap: ``"highest"`` or ``"last"``; see above.
+        label_names: what label ``v`` is, at index ``v - 1``, for the log and progress lines (e.g. evaluation's
+            ``"spleen (1), propagation"`` for a channel number); default ``"label v"``.
     """
 
     def __init__(
@@ -97,8 +101,10 @@ class BoxPropagationInferer(Inferer):
         num_channels: int | None = None,
         mask_value: str | float = "label",
         overlap: str = "highest",
+        label_names: Sequence[str] | None = None,
     ):
         super().__init__()
+        self.label_names = None if label_names is None else list(label_names)
         if output not in ("labels", "channels"):
             raise ValueError(f"output must be 'labels' or 'channels', got {output!r}")
         if overlap not in ("highest", "last"):
@@ -159,8 +165,10 @@ class BoxPropagationInferer(Inferer):
             channels = self.num_channels or int(labels.max())
             out = torch.zeros((channels, size_x, size_y, size_z), dtype=torch.float32, device=volume.device)
         for i, (box, plan) in enumerate(zip(boxes.tolist(), plans)):
-            logger.info(f"box {i + 1}/{len(plans)} (label {int(labels[i])}): slices {box[2]}-{box[5]}")
-            scores = self._propagate(box, plan, geometry, cache, network, size_z, float(values[i])).to(out.device)
+            what = f"box {i + 1}/{len(plans)} ({self._label_name(int(labels[i]))})"
+            logger.info(f"{what}: slices {box[2]}-{box[5]}")
+            scores = self._propagate(box, plan, geometry, cache, network, size_z, float(values[i]), what)
+            scores = scores.to(out.device)
             mask = scores > 0
             if self.output == "channels":
                 channel = out[int(labels[i]) - 1]
@@ -173,14 +181,28 @@ class BoxPropagationInferer(Inferer):
         self.last_encoder_calls = cache.encoder_calls
         return out
 
+    def _label_name(self, label: int) -> str:
+        if self.label_names is not None and 1 <= label <= len(self.label_names):
+            return self.label_names[label - 1]
+        return f"label {label}"
+
     def _propagate(
-        self, box, plan, geometry: SliceGeometry, cache: SliceEmbeddingCache, network, size_z: int, mask_value: float
+        self,
+        box,
+        plan,
+        geometry: SliceGeometry,
+        cache: SliceEmbeddingCache,
+        network,
+        size_z: int,
+        mask_value: float,
+        what: str = "box",
     ) -> torch.Tensor:
-        """One box along its slices -> ``(X, Y, Z)`` float32 scores: the logit where the mask holds, else 0."""
+        """One box along its slices -> ``(X, Y, Z)`` float32 scores: the logit where the mask holds, else 0
+        (``what`` names the box in the progress bar)."""
         original = geometry.box_to_model([box[0], box[1], box[3], box[4]])
         mid = plan[0]
         scores = torch.zeros((geometry.width, geometry.height, size_z), dtype=torch.float32)
-        for k in plan:
+        for k in progress(plan, desc=f"{what} slices"):
             prompt = original
             if k != mid:
                 neighbour = k - 1 if k > mid else k + 1

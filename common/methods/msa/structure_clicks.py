@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type
 
+from common.progress import on_terminal
+
 __all__ = ["PerStructureSlidingWindowInferer"]
 
 
@@ -48,7 +50,11 @@ class PerStructureSlidingWindowInferer(Inferer):
             raise ValueError(f"num_slices must be >= 1, got {num_slices}")
         self.num_slices = int(num_slices)
         self.window = SlidingWindowInferer(
-            roi_size=(-1, -1, self.num_slices), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode
+            roi_size=(-1, -1, self.num_slices),
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode=mode,
+            progress=on_terminal(),
         )
 
     def __call__(self, inputs: torch.Tensor, network, clicks: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -7,12 +7,15 @@ coordinates, and writes the foreground probability back into an empty volume.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PointPatchInferer", "patch_start", "crop_patch", "paste_patch"]
 
@@ -118,6 +121,7 @@ class PointPatchInferer(Inferer):
 
     def _predict(self, images: torch.Tensor, network, points: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``(B, C, X, Y, Z)``, ``(B, k, 3)`` -> ``(B, 1, X, Y, Z)`` foreground probability."""
+        logger.info(f"{len(points)} patch(es) of {self.roi_size}^3 voxels, {points.shape[1]} point(s) each: network")
         starts = [patch_start(p, self.roi_size) for p in points]
         patches = torch.stack([crop_patch(image, s, self.roi_size) for image, s in zip(images, starts)])
         shifted = torch.stack([p - s.to(p.dtype) for p, s in zip(points, starts)]).float()

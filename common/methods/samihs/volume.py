@@ -16,6 +16,7 @@ from monai.transforms import MapTransform
 from common.methods.samihs.slice_input import PERCENTILES, slice_intensity_to_model
 from common.methods.samus.inferer import ObjectPromptInferer
 from common.methods.samus.prompts import object_prompts, read_user_prompts
+from common.progress import progress
 
 __all__ = ["PERCENTILES", "VolumePromptsd", "VolumeSlicePromptInferer", "slice_to_model"]
 
@@ -77,7 +78,7 @@ class VolumeSlicePromptInferer(Inferer):
         p_labels, p_classes = point_labels[0][valid_points].tolist(), point_classes[0][valid_points].tolist()
         b_labels = box_labels[0][valid_boxes].tolist()
         slices = {int(round(z)) for z in pts[:, 2]} | {z for b in bxs for z in range(int(b[2]), int(b[5]) + 1)}
-        for z in sorted(slices):
+        for z in progress(sorted(slices), desc="prompted slices"):
             on_z = [i for i in range(len(pts)) if int(round(pts[i, 2])) == z]
             spanning = [j for j in range(len(bxs)) if bxs[j, 2] <= z <= bxs[j, 5]]
             prompts = object_prompts(
