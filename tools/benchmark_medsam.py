@@ -63,7 +63,7 @@ from common.methods.medsam import BoxPropagationInferer  # noqa: E402
 from common.methods.medsam.evaluation_boxes import structure_boxes  # noqa: E402
 from common.networks import medsam  # noqa: E402
 from common.networks.openvino_encoder import openvino_installed  # noqa: E402
-from common.networks.precision import set_encoder_precision  # noqa: E402
+from common.networks.precision import native_bf16, set_encoder_precision  # noqa: E402
 from common.networks.sam.checkpoint import load_checkpoint, load_state_dict_file  # noqa: E402
 from common.transforms.intensity import CTWindowd  # noqa: E402
 from common.transforms.sam_input import SliceGeometry  # noqa: E402
@@ -145,6 +145,9 @@ def _median(values) -> float:
     return float(statistics.median(values))
 
 
+NO_BF16 = "torch emulates bf16, much slower; OpenVINO runs float32 instead"
+
+
 def machine_info(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -162,6 +165,7 @@ def machine_info(device: torch.device) -> dict:
         "CPU": f"{cpu}; os.cpu_count() = {os.cpu_count()}, usable by this process = {usable}",
         "torch": f"{torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}",
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "bf16 in hardware": "yes" if native_bf16(device) else f"no ({NO_BF16})",
     }
     try:
         import cv2
