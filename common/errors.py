@@ -152,14 +152,15 @@ def readable_errors() -> bool:
     return installed
 
 
-def run_cli(component) -> None:
+def run_cli(component, print_result: bool = True) -> None:
     """``fire.Fire(component)`` for the project's tools: an input error (one the exception is or wraps) is reported
     as :func:`readable_errors` reports it, in exactly two lines, and exits with status 1. Other errors, and every
-    error under ``SAM_BUNDLES_TRACEBACK``, keep their traceback; Fire's own usage errors still exit with status 2."""
+    error under ``SAM_BUNDLES_TRACEBACK``, keep their traceback; Fire's own usage errors still exit with status 2.
+    ``print_result=False``: Fire does not print the return value (for tools that report what they did themselves)."""
     import fire
 
     try:
-        fire.Fire(component)
+        fire.Fire(component, serialize=None if print_result else (lambda result: None))
     except Exception as exc:
         cause = input_error(exc)
         if cause is None or full_tracebacks():

@@ -185,4 +185,4 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    run_cli(COMMANDS)
+    run_cli(COMMANDS, print_result=False)  # each command prints what it wrote

@@ -54,4 +54,4 @@ def random_weights(bundle: str, out: str, seed: int = 0, **overrides) -> str:
 
 
 if __name__ == "__main__":
-    run_cli(random_weights)
+    run_cli(random_weights, print_result=False)  # it prints what it wrote

@@ -58,3 +58,14 @@ def test_command_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "seeded random weights" in done.stdout and (tmp_path / "w.pt").is_file()
+    assert done.stdout.count(str(tmp_path / "w.pt")) == 1  # its own report only, not Fire's echo of the result
+
+
+def test_the_converter_names_what_it_wrote_once(tmp_path):
+    out = tmp_path / "model.pt"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "litemedsam", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(str(out)) == 1 and done.stdout.startswith(f"wrote {out}")
