@@ -10,7 +10,8 @@ evaluation of two organs), 3DSAM-adapter and MSA with tiny networks whose weight
 (ten pancreas points; two liver clicks; evaluation on the same volume). Each run reads ``configs/inference.json`` with
 ``configs/evaluate.json`` layered on top for evaluation. Recorded: the sha256 of every written label map's voxels
 (shape, dtype and bytes; not the gzip file, whose header holds a time stamp), the same hash of every evaluated
-prediction after postprocessing, the per-case metric rows, and the sha256
+prediction after postprocessing (of MedSAM's, its masks: its float logits are not bit-identical across CPUs), the
+per-case metric rows, and the sha256
 of the generated weights (so a change in how they are drawn shows as such).
 """
 
@@ -69,8 +70,9 @@ def _tiny_weights(folder: Path, build, seed: int) -> tuple[Path, str]:
     return path, _sha256_state(state)
 
 
-def _run(configs: Path, files: list[str], workflow_type: str, **override) -> list[str]:
-    """Run the workflow; returns the sha256 of every item's ``pred`` after postprocessing, in order."""
+def _run(configs: Path, files: list[str], workflow_type: str, masks_only: bool = False, **override) -> list[str]:
+    """Run the workflow; returns the sha256 of every item's ``pred`` after postprocessing, in order (with
+    ``masks_only``, of ``pred > 0``: float logits differ in their last bits between CPUs, AVX2 against AVX512)."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
@@ -82,7 +84,8 @@ def _run(configs: Path, files: list[str], workflow_type: str, **override) -> lis
 
     def record(engine) -> None:
         for item in engine.state.output:
-            preds.append(_sha256_array(item["pred"].detach().cpu().numpy()))
+            pred = item["pred"].detach().cpu().numpy()
+            preds.append(_sha256_array((pred > 0).astype(np.uint8) if masks_only else pred))
 
     wf.evaluator.add_event_handler(Events.ITERATION_COMPLETED, record)
     try:
@@ -93,13 +96,19 @@ def _run(configs: Path, files: list[str], workflow_type: str, **override) -> lis
 
 
 def _infer_and_evaluate(
-    configs: Path, out: Path, network: dict, inference: dict, evaluation: dict
+    configs: Path, out: Path, network: dict, inference: dict, evaluation: dict, masks_only: bool = False
 ) -> tuple[dict[str, str], dict]:
     """``inference.json`` then ``inference.json`` + ``evaluate.json``, both with the ``network`` overrides; returns
-    the written label maps' hashes and the evaluation record."""
+    the written label maps' hashes and the evaluation record (``masks_only``: see :func:`_run`)."""
     _run(configs, ["inference.json"], "infer", output_dir=str(out / "infer"), **network, **inference)
     preds = _run(
-        configs, ["inference.json", "evaluate.json"], "infer", output_dir=str(out / "eval"), **network, **evaluation
+        configs,
+        ["inference.json", "evaluate.json"],
+        "infer",
+        masks_only,
+        output_dir=str(out / "eval"),
+        **network,
+        **evaluation,
     )
     return _label_maps(out / "infer"), _evaluation(out / "eval", preds)
 
@@ -154,6 +163,7 @@ def record(
                 }
             },
             {"dataset_dir": str(layout), "structures": {str(LIVER): "liver", str(SPLEEN): "spleen"}},
+            masks_only=True,  # MedSAM's evaluation predictions are full-size float logits
         )
 
         weights, result["3dsam_weights"] = _tiny_weights(tmp, lambda: build_sam3d_adapter(**SAM3D_TINY), seed=0)

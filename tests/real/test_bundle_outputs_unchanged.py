@@ -6,7 +6,9 @@ MedSAM's two entries were re-recorded for issue 15, whose changes are meant to s
 logit (the two recorded boxes, liver and right kidney, overlap), evaluation channels carry logits and the report adds
 "label map" rows. The per-organ Dice of the recorded rows did not move (liver and spleen, slices and propagation:
 0.9251, 0.9202, 0.9063, 0.8365 before and after), and 3DSAM-adapter's and MSA's entries still equal the 61ba0a5
-record. Encoders run in float32 here."""
+record. Encoders run in float32 here. MedSAM's evaluation predictions are recorded as masks (``pred > 0``), not
+float logits: the logits differ in their last bits between CPUs (the 61ba0a5 float hash held on AVX512 machines
+only; an AVX2 machine gave another hash with the same report rows, at this commit and at 561b9b8 alike)."""
 
 from __future__ import annotations
 
