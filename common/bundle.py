@@ -53,7 +53,7 @@ def load_weights(network, path: str, what: str = "model weights", hint: str = ""
     from common.networks.sam.checkpoint import load_checkpoint
 
     require_file(path, what, hint)
-    load_checkpoint(_unwrapped(network), path, strict=True, hint=hint)
+    load_checkpoint(unwrapped(network), path, strict=True, hint=hint)
     return network
 
 
@@ -74,7 +74,7 @@ def optimise_for_inference(
     from common.networks.precision import set_encoder_precision
     from common.networks.sam.tiny_vit import fold_batchnorms
 
-    model = _unwrapped(network)
+    model = unwrapped(network)
     fold_batchnorms(model)
     if any(p.device.type == "cpu" for p in model.parameters()):
         keep_freed_memory()
@@ -96,7 +96,7 @@ def guard_finite_outputs(network):
     mask is thresholded or written. A wrapper (DDP/DataParallel) is looked through; a second call adds nothing.
     Cost: one ``isfinite`` per output.
     """
-    model = _unwrapped(network)
+    model = unwrapped(network)
     if getattr(model, "_finite_outputs_guarded", False):  # once per network (a server asks for it per request)
         return network
     for name, module in [("network", model), *model.named_children()]:
@@ -127,7 +127,8 @@ def _tensors_in(output) -> list:
     return []
 
 
-def _unwrapped(network):
+def unwrapped(network):
+    """The network inside a DataParallel / DistributedDataParallel wrapper (its keys without ``module.``)."""
     from torch.nn import DataParallel
     from torch.nn.parallel import DistributedDataParallel
 

@@ -18,14 +18,10 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from common.atomic import atomic_path
+from common.bundle import unwrapped
 from common.errors import InvalidInputError
 
 __all__ = ["BestWeightsSaver"]
-
-
-def _plain(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (its keys without ``module.``)."""
-    return module.module if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else module
 
 
 class BestWeightsSaver:
@@ -63,6 +59,6 @@ class BestWeightsSaver:
         self.best = score
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
-        states = {name: _plain(module).state_dict() for name, module in self.save_dict.items()}
+        states = {name: unwrapped(module).state_dict() for name, module in self.save_dict.items()}
         with atomic_path(self.path) as tmp:
             torch.save(next(iter(states.values())) if len(states) == 1 else states, tmp)
