@@ -49,5 +49,6 @@ class ForegroundSlicesd:
                 samples.append(sample)
         if not samples:
             source = getattr(data[self.label_key], "meta", {}).get("filename_or_obj", "<in-memory label>")
-            raise ValueError(f"'{self.label_key}' from {source} has no foreground to sample validation slices from")
+            wanted = f"none of the label values {list(self.structures)}" if self.structures else "no foreground"
+            raise ValueError(f"'{self.label_key}' from {source} has {wanted} to sample validation slices from")
         return samples
