@@ -56,13 +56,13 @@ def test_foreground_slices_are_deterministic():
     assert torch.equal(samples[0]["image"], image[..., 1]) and samples[0]["label"].sum() == 9
 
 
-
 def test_foreground_slices_keep_only_the_chosen_structures():
     image = torch.rand(1, 12, 10, 5)
     samples = ForegroundSlicesd(num_slices=3, structures=[9, 7])({"image": image, "label": _label()})
     assert [s["label_value"] for s in samples] == [9]  # 7 is absent: skipped
     with pytest.raises(ValueError, match=r"none of the label values \[7\]"):
         ForegroundSlicesd(structures=[7])({"image": image, "label": _label()})
+
 
 def test_sam_slice_input_keeps_xy_order_and_pads():
     image = torch.zeros(1, 100, 50)
