@@ -36,13 +36,15 @@ def _indices(values, key: str) -> list[int]:
 def roi_to_box(roi, dimension: int = 3) -> list[int]:
     """Slicer/OHIF ``roi`` ``[i_a, i_b, j_a, j_b, k_a, k_b]`` -> inclusive box ``[i0, j0, k0, i1, j1, k1]``; with
     ``dimension=2`` ``[i_a, i_b, j_a, j_b]`` (or ``k`` 0) -> ``[i0, j0, i1, j1]``."""
+    form = "[i0, i1, j0, j1]" if dimension == 2 else "[i0, i1, j0, j1, k0, k1]"
+    if isinstance(roi, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in roi):
+        raise ValueError(f"'roi' must be one flat list {form}, not pairs or corners, got {list(roi)!r:.80}")
     values = _indices(roi, "roi")
     if dimension == 2 and len(values) == 6:
         if values[4:] != [0, 0]:
             raise ValueError(f"'roi' on a 2-D image must lie on slice 0 (k = 0), got {list(roi)}")
         values = values[:4]
     if len(values) != 2 * dimension:
-        form = "[i0, i1, j0, j1]" if dimension == 2 else "[i0, i1, j0, j1, k0, k1]"
         raise ValueError(f"'roi' must hold {2 * dimension} voxel indices {form}, got {list(roi)}")
     pairs = [sorted(values[2 * axis : 2 * axis + 2]) for axis in range(dimension)]
     return [p[0] for p in pairs] + [p[1] for p in pairs]

@@ -19,6 +19,8 @@ def test_roi_from_slicer_is_sorted_per_axis():
     assert roi_to_box([30.4, 68.6, 47, 67, 2, 19]) == [30, 47, 2, 69, 67, 19]
     with pytest.raises(ValueError, match="6 voxel indices"):
         roi_to_box([1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"one flat list \[i0, i1, j0, j1, k0, k1\], not pairs"):
+        roi_to_box([[60, 60], [100, 100], [10, 12]])
 
 
 def test_box_model_takes_the_roi():
