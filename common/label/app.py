@@ -13,7 +13,8 @@ bundle's own values (:func:`common.bundle.optimise_for_inference`). Each bundle 
 (:mod:`common.label.infer`) and, when it has ``configs/train.json`` and its ``inference.json`` does not say
 ``"served_training": false`` (bundles whose training reads datalists of slices or clips, not the datastore's images),
 a MONAI Label training task (:class:`ServedBundleTrainTask`: MONAI Label's ``BundleTrainTask`` writing the best
-weights over the served ``models/model.pt``, atomically, which the inference task then reloads). ``--studies`` may
+weights over the served ``models/model.pt``, atomically, keeping the replaced weights as ``models/model_previous.pt``;
+the inference task then reloads them). ``--studies`` may
 be a DICOMweb URL (a PACS: :mod:`common.label.pacs`; final labels are saved there as DICOM SEG). Requests are
 checked first (:mod:`common.label.request_checks`): malformed ones answer 4xx with the reason, and only datastore
 images are segmented.
@@ -34,9 +35,15 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
+from common.engines.checkpoints import PREVIOUS_WEIGHTS
 from common.label.infer import PromptedBundleInferTask
 from common.label.pacs import dicomweb_datastore
-from common.label.request_checks import check_model_and_image, check_params_before_parsing
+from common.label.request_checks import (
+    check_model_and_image,
+    check_params_before_parsing,
+    check_served_weights,
+    check_train_params_before_running,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +51,30 @@ REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 class ServedBundleTrainTask(BundleTrainTask):
-    """MONAI Label training updates the model it serves: the bundle's best weights go to ``models/model.pt`` (its
-    ``train.json`` alone writes to the run folder and refuses to overwrite the weights it starts from). The write is
-    atomic (:class:`common.engines.checkpoints.BestWeightsSaver`), so a training stopped while saving leaves the
-    served weights whole."""
+    """MONAI Label training updates the model it serves: it starts from ``models/model.pt`` (MONAI Label's
+    ``CheckpointLoader``, here strict; MONAI's loader reads weights-only) and the bundle's best weights replace that
+    file atomically (:class:`common.engines.checkpoints.BestWeightsSaver`, so a training stopped while saving leaves
+    the served weights whole), after the weights it started from are kept as ``models/model_previous.pt``. The
+    bundle's own ``train.json`` writes to its run folder instead. MONAI Label's ``model_filename`` option is not
+    offered, and a request naming another file fails (:func:`common.label.request_checks.check_served_weights`)."""
+
+    def __init__(self, path: str, conf: dict, **kwargs):
+        super().__init__(path, conf, load_strict=True, **kwargs)
+
+    def config(self):
+        options = super().config()
+        options.pop("model_filename", None)  # any models/*.pt, the shortest name by default
+        return options
+
+    def __call__(self, request, datastore):
+        check_served_weights(request, os.path.basename(self.bundle_path))
+        return super().__call__({k: v for k, v in request.items() if k != "model_filename"}, datastore)
 
     def _update_overrides(self, overrides):
-        overrides["ckpt_dir"] = os.path.join(self.bundle_path, "models")
+        models = os.path.join(self.bundle_path, "models")
+        overrides["ckpt_dir"] = models
         overrides["protected_weights"] = []
+        overrides["previous_weights"] = os.path.join(models, PREVIOUS_WEIGHTS)
         return super()._update_overrides(overrides)
 
 
@@ -94,6 +117,7 @@ class SamBundlesApp(MONAILabelApp):
             version=importlib_metadata.version("sam-medical-bundles"),
         )
         check_params_before_parsing()
+        check_train_params_before_running()
 
     def infer(self, request, datastore=None):
         """MONAI Label's ``infer``, for served models and datastore images only (:mod:`common.label.request_checks`)."""

@@ -14,10 +14,15 @@ A bundle that takes a dense mask prompt names its input key in ``served_mask_pro
 ``label`` file (MONAI Label's ``/infer`` form field) becomes that input, and clicks or boxes are then optional.
 
 Requests to one model run one at a time (the network, its embedding cache and the parsed config are shared).
+
+Only the bundle's own ``models/model.pt`` is served, loaded strictly and weights-only as on the command line
+(:func:`common.bundle.load_weights`), and reloaded when the file changes: MONAI Label's ``model_filename`` option
+(any ``.pt`` a request names, loaded non-strictly) is not offered, and a request naming another file answers 400.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import threading
@@ -30,13 +35,21 @@ from monai.transforms import AsDiscreted, CastToTyped, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from common.bundle import guard_finite_outputs, optimise_for_inference
+from common.bundle import guard_finite_outputs, load_weights, optimise_for_inference
+from common.errors import BundleInputError
 from common.label.cache import StackEmbeddingCache, cache_image_embeddings
+from common.label.request_checks import SERVED_WEIGHTS, check_served_weights
 from common.label.request_prompts import PROMPT_KEYS, request_prompts
 from common.transforms.io import AtomicSaveImaged
 from common.transforms.ultrasound import RASTER_SUFFIXES
 
 DEFAULT_CACHE_MB = 2048
+
+
+def _file_stamp(path: str) -> tuple[int, int, int]:
+    """(inode, size, mtime in ns): changes when the file is replaced (atomic writes) or rewritten."""
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _structure_name(channel_name: str) -> str:
@@ -82,7 +95,8 @@ class PromptedBundleInferTask(BundleInferTask):
             conf.get("encoder_backend") or self.bundle_config.get_parsed_content("encoder_backend", default="torch")
         )
         # OpenVINO's converted encoders are cached beside the served weights (models/openvino/)
-        self.weights_path = os.path.join(path, "models", "model.pt")
+        self.weights_path = os.path.join(path, "models", SERVED_WEIGHTS)
+        self._config.pop("model_filename", None)  # MONAI Label's choice of any models/*.pt, loaded non-strictly
         # one prompted structure per request, written as 1 (channel_def names are output channels, e.g. logits)
         names = [_structure_name(n) for n in self.labels or {} if not n.lower().startswith("background")]
         self.labels = {name: 1 for name in names} or {"foreground": 1}
@@ -100,6 +114,8 @@ class PromptedBundleInferTask(BundleInferTask):
         from the bundle's own checks) answer HTTP 400 with the message instead of a bare 500."""
         try:
             request = dict(request)
+            check_served_weights(request, self.name)
+            request.pop("model_filename", None)
             if self.mask_prompt_key:  # only the uploaded file, never a path a client names in its params
                 request.pop(self.mask_prompt_key, None)
             mask = request.pop("label", None) if self.mask_prompt_key else None
@@ -131,15 +147,26 @@ class PromptedBundleInferTask(BundleInferTask):
         return [*super().post_transforms(data), *threshold, *squeeze, CastToTyped(keys=self.key_pred, dtype=np.uint8)]
 
     def _get_network(self, device, data):
-        network = super()._get_network(device, data)
-        if network is not None:
-            # again on every call: MONAI Label reloads changed weights in place
-            optimise_for_inference(network, self.precision, self.encoder_backend, self.weights_path)
-            guard_finite_outputs(network)  # a NaN answer is an error, as on the command line
-        if network is not None and self.cache_bytes > 0:
+        """The network with ``models/model.pt`` loaded strictly and weights-only, once per device and weights file
+        (reloaded when training replaces it), then :func:`common.bundle.optimise_for_inference`, the finite-output
+        guard and the embedding cache. Weights that do not load answer HTTP 500 naming the problem."""
+        stamp = _file_stamp(self.weights_path)
+        cached = self._networks.get(device)
+        if cached is not None and cached[1] == stamp:
+            return cached[0]
+        network = copy.deepcopy(self.network).to(torch.device(device))
+        try:
+            load_weights(network, self.weights_path, f"{self.name}'s served weights")
+        except BundleInputError as error:
+            raise HTTPException(status_code=500, detail=f"{self.name}: {error}") from error
+        network.eval()
+        optimise_for_inference(network, self.precision, self.encoder_backend, self.weights_path)
+        guard_finite_outputs(network)  # a NaN answer is an error, as on the command line
+        if self.cache_bytes > 0:
             cache = cache_image_embeddings(network, self.cache_bytes)
             if cache is not None:
                 self.embedding_caches[str(device)] = cache
+        self._networks[device] = (network, stamp)
         return network
 
     def writer(self, data, extension=None, dtype=None):

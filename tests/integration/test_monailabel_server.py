@@ -233,6 +233,8 @@ def test_info_lists_every_bundle(server, bundles_dir):
     assert models["samihs_polyp"]["prompts"] == ["boxes", "points", "point_labels", "label (mask prompt file)"]
     assert models["samihs_polyp"]["labels"] == {"polyp": 1}
     assert set(info["trainers"]) == SERVED - {"samihs_ich", "samihs_polyp"}  # served_training false: slice/clip data
+    for task in [*models.values(), *info["trainers"].values()]:  # MONAI Label's choice of any models/*.pt: not offered
+        assert "model_filename" not in task["config"]
 
 
 def test_samus_click_and_box_on_a_2d_frame(server, studies, bundles_dir, tmp_path):
@@ -414,21 +416,67 @@ MALFORMED_REQUESTS = {
     "clicks a string": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": "60,50,15"}', 400, "must be a list"),
     "click of 2 values": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": [[60, 50]]}', 400, "voxel index"),
     "click outside": ("3dsam_pancreas", "ct_abdomen_3mm", '{"foreground": [[60, 50, 99]]}', 400, "outside"),
+    "weights by absolute path": ("medsam", "ct_abdomen_3mm", '{"roi": [1, 9, 1, 9, 1, 9], "model_filename": "@other"}',
+                                 400, "cannot choose another file"),
+    "weights by relative path": ("medsam", "ct_abdomen_3mm",
+                                 '{"roi": [1, 9, 1, 9, 1, 9], "model_filename": "../../msa/models/model.pt"}', 400,
+                                 "cannot choose another file"),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_REQUESTS))
-def test_malformed_request_answers_4xx_with_the_reason_and_the_server_keeps_serving(server, studies, case):
+def test_malformed_request_answers_4xx_with_the_reason_and_the_server_keeps_serving(server, studies, bundles_dir, case):
     import requests
 
     client, _ = server
     model, image, params, status, reason = MALFORMED_REQUESTS[case]
     image = str(studies / "ct_abdomen_3mm.nii.gz") if image == "@study_path" else image
+    params = params.replace("@other", str(bundles_dir / "msa" / "models" / "model.pt"))  # a .pt that exists
     url = f"{client.get_server_url()}/infer/{requests.utils.quote(model)}"
     answer = requests.post(url, params={"image": image}, data={"params": params}, timeout=120)
     assert answer.status_code == status, answer.text[:2000]
     assert reason in answer.json()["detail"], answer.text[:2000]
     assert client.info()["models"]  # still serving
+
+
+def test_served_weights_load_strictly_and_reload_when_replaced(server, bundles_dir, ct3):
+    """A served model.pt missing 10 % of its keys answers HTTP 500 naming them (MONAI Label's own loader answers
+    200 with a garbage mask); the good file put back (a new file, as training writes it) serves again."""
+    import requests
+
+    client, _ = server
+    _, label = ct3
+    params = {"roi": roi_of(label == LIVER)}
+    expected = np.asarray(nib.load(client.infer("medsam", "ct_abdomen_3mm", params)[0]).dataobj)
+    served = bundles_dir / "medsam" / "models" / "model.pt"
+    kept = served.with_name("kept.bin")
+    os.replace(served, kept)
+    try:
+        state = torch.load(str(kept), weights_only=True)
+        dropped = list(state)[::10]
+        torch.save({k: v for k, v in state.items() if k not in dropped}, str(served))
+        url = f"{client.get_server_url()}/infer/medsam"
+        answer = requests.post(
+            url, params={"image": "ct_abdomen_3mm"}, data={"params": json.dumps(params)}, timeout=300
+        )
+        assert answer.status_code == 500, answer.text[:2000]
+        assert f"{len(dropped)} missing key(s)" in answer.json()["detail"], answer.text[:2000]
+    finally:
+        os.replace(kept, served)
+    again = np.asarray(nib.load(client.infer("medsam", "ct_abdomen_3mm", params)[0]).dataobj)
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_train_request_naming_other_weights_answers_400(server, bundles_dir):
+    import requests
+
+    client, _ = server
+    other = str(bundles_dir / "msa" / "models" / "model.pt")
+    for params in ({"model_filename": other}, {"medsam": {"model_filename": "../../msa/models/model.pt"}}):
+        url = f"{client.get_server_url()}/train/medsam"
+        answer = requests.post(url, json=params, params={"run_sync": "true"}, timeout=120)
+        assert answer.status_code == 400 and "cannot choose another file" in answer.json()["detail"], answer.text
+    assert not client.train_status(check_if_running=True)  # nothing started
 
 
 def test_eight_concurrent_requests_on_two_models(server, ct3):
@@ -453,6 +501,7 @@ def test_train_one_epoch(server, bundles_dir, model):
     client, log = server
     model_file = bundles_dir / model / "models" / "model.pt"
     before = torch.load(str(model_file), weights_only=True)
+    started_from = model_file.read_bytes()
     started = time.time()
     client.train_start(model, {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False})
     deadline = started + TRAIN_TIMEOUT_S
@@ -468,6 +517,7 @@ def test_train_one_epoch(server, bundles_dir, model):
     assert model_file.stat().st_mtime > started
     after = load_strict(model_file, NETWORKS[model]())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (model_file.parent / "model_previous.pt").read_bytes() == started_from  # the weights it started from
 
 
 def test_stock_monaibundle_app_loads_local_bundles(repo_root, bundles_dir, studies, tmp_path):

@@ -73,11 +73,32 @@ def test_refuses_to_write_over_the_weights_the_run_starts_from(tmp_path):
     BestWeightsSaver(tmp_path / "runs", {"model": nn.Linear(2, 1)}, protected=[str(start)])  # elsewhere: fine
 
 
+def test_keeps_the_weights_its_first_save_replaces(tmp_path):
+    """MONAI Label's training writes over the served weights it starts from: those are kept, once per run."""
+    served, previous = tmp_path / "model.pt", tmp_path / "model_previous.pt"
+    torch.save({"bias": torch.tensor([7.0])}, served)
+    started_from = served.read_bytes()
+    net = nn.Linear(2, 1)
+    saver = BestWeightsSaver(tmp_path, {"model": net}, keep_replaced_as=previous)
+    for score in (0.2, 0.5):
+        with torch.no_grad():
+            net.bias.fill_(score)
+        saver(validated(score))
+    assert previous.read_bytes() == started_from  # not this run's first best, which the second save replaced
+    assert float(torch.load(served, weights_only=True)["bias"]) == pytest.approx(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model_previous.pt"]
+    BestWeightsSaver(tmp_path / "new", {"model": net}, keep_replaced_as=tmp_path / "new" / "kept.pt")(validated(1))
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["model.pt"]  # nothing replaced, nothing kept
+    with pytest.raises(InvalidInputError, match="is the checkpoint itself"):
+        BestWeightsSaver(tmp_path, {"model": net}, keep_replaced_as=served)
+
+
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.parts[-3])
 def test_every_train_config_saves_best_weights_to_the_run_folder(config):
     text = json.loads(config.read_text())
     savers = [h for h in text["validate"]["handlers"] if "BestWeightsSaver" in str(h.get("_target_"))]
     assert len(savers) == 1 and savers[0]["protected"] == "@protected_weights"
+    assert savers[0]["keep_replaced_as"] == "@previous_weights" and text["previous_weights"] is None
     assert "CheckpointSaver" not in config.read_text()  # MONAI's saver writes in place
     parser = ConfigParser()
     parser.read_config(str(config))
