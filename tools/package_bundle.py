@@ -42,7 +42,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.atomic import atomic_path, write_text_atomic  # noqa: E402
+from common.atomic import atomic_path, is_temporary, write_text_atomic  # noqa: E402
+from common.engines.checkpoints import PREVIOUS_WEIGHTS  # noqa: E402
 from common.errors import InputNotFoundError, InvalidInputError, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +261,8 @@ def _check_symlink(link: Path, bundle: Path) -> None:
 
 def _packed_files(bundle: Path) -> dict[str, Path]:
     """``{bundle-relative path: file}`` of the bundle's own files to pack, checked: symlinks (:func:`_check_symlink`),
-    no previous package of the bundle inside it, nothing over 25 MB that ``large_files.yml`` does not list."""
+    no previous package of the bundle inside it, nothing over 25 MB that ``large_files.yml`` does not list. Left
+    out: temporary files of interrupted writes (:func:`common.atomic.is_temporary`) and ``models/model_previous.pt``."""
     skipped_files = large_file_paths(bundle)
     previous_package = re.compile(rf"{re.escape(bundle.name)}_v.*\.zip(\.sha256)?")
     files: dict[str, Path] = {}
@@ -273,6 +275,9 @@ def _packed_files(bundle: Path) -> dict[str, Path]:
         for path in [Path(folder, d) for d in dirs if Path(folder, d).is_symlink()] + [Path(folder, n) for n in names]:
             relative = path.relative_to(bundle).as_posix()
             if relative in skipped_files:
+                continue
+            if is_temporary(path.name) or relative == f"models/{PREVIOUS_WEIGHTS}":
+                print(f"not packed: {relative} (a partial write's leftover or the replaced weights MONAI Label keeps)")
                 continue
             if path.is_symlink():
                 _check_symlink(path, bundle)

@@ -1,15 +1,14 @@
 """Saving predictions without leaving half-written files.
 
-MONAI's ``SaveImaged`` writes straight to the final path, so an interrupted run can leave a truncated
-NIfTI that viewers then open; :class:`AtomicSaveImaged` writes to a temporary file in the same folder
-and renames it into place. The array must already be on the input's grid (``Invertd``), so it is written as is
-with its affine (MONAI's ``NibabelWriter`` would resample and reshape singleton axes).
+MONAI's ``SaveImaged`` writes straight to the final path, so an interrupted run can leave a truncated NIfTI that
+viewers then open; :class:`AtomicSaveImaged` writes to a temporary file in the same folder and renames it into place
+(:func:`common.atomic.atomic_path`). The array must already be on the input's grid (``Invertd``), so it is written as
+is with its affine (MONAI's ``NibabelWriter`` would resample and reshape singleton axes).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -19,8 +18,8 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import MapTransform
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from common.atomic import atomic_path
+
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -98,21 +97,13 @@ class AtomicSaveImaged(MapTransform):
             final = os.path.join(folder, f"{name}{ext}")
             array = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)[0]
             affine = np.asarray(meta.get("original_affine" if self.meta_key else "affine", np.eye(4)), np.float64)
-            fd, tmp = tempfile.mkstemp(prefix=f".{stem}_", suffix=ext, dir=folder)
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            try:
+            with atomic_path(final) as tmp:
                 if ext == ".png":
                     _write_png(array, tmp, self.png_scale)
                 else:
                     if affine.shape != (4, 4):  # a 2D image has a 3 x 3 affine; NIfTI needs 4 x 4
                         affine = to_affine_nd(3, affine)
                     nib.save(nib.Nifti1Image(array.astype(self.output_dtype), affine), tmp)
-                os.replace(tmp, final)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
             if isinstance(img, MetaTensor):
                 img.meta["saved_to"] = final
             print(f"saved {key} to {final}")

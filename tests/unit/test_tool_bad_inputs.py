@@ -182,13 +182,20 @@ def test_packager_packs_a_valid_copy(bundle, tmp_path):
     (bundle / "models" / "model.pt").symlink_to(tmp_path / "weights.pt")
     (bundle / "models" / "openvino" / "TinyViT-0123456789abcdef-1x3x256x256.bin").write_bytes(b"\0" * 100)
     (bundle / "docs" / "LICENSE").symlink_to(bundle / "LICENSE")
+    (bundle / "models" / ".tmp_k2j4model.pt").write_bytes(b"\x80partial")  # what a kill -9 while saving leaves
+    (bundle / "docs" / ".tmp_x1y2README.md").write_text("half")
+    with open(bundle / "models" / "model_previous.pt", "wb") as handle:  # served weights MONAI Label replaced
+        handle.truncate(30 * 2**20)
     done = run_tool("package_bundle.py", str(bundle), str(tmp_path / "dist"))
     assert done.returncode == 0, done.stderr
+    assert (
+        "not packed: docs/.tmp_x1y2README.md" in done.stdout and "not packed: models/model_previous.pt" in done.stdout
+    )
     version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
     assert sorted(tree(tmp_path / "dist")) == [f"medsam_v{version}.zip", f"medsam_v{version}.zip.sha256"]
     with zipfile.ZipFile(tmp_path / "dist" / f"medsam_v{version}.zip") as archive:
         assert archive.read("medsam/docs/LICENSE") == (bundle / "LICENSE").read_bytes()
-        assert not any(n.startswith("medsam/models/") for n in archive.namelist())
+        assert not any(n.startswith("medsam/models/") or "/.tmp_" in n for n in archive.namelist())
         packed = json.loads(archive.read("medsam/configs/metadata.json"))
     # the vendored code imports openvino only for encoder_backend "openvino": optional, never required
     assert "openvino" not in packed["required_packages_version"]
