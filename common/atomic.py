@@ -21,8 +21,9 @@ __all__ = ["TEMPORARY_PREFIX", "atomic_path", "is_temporary", "write_text_atomic
 TEMPORARY_PREFIX = ".tmp_"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-#: Temporary files being written now, removed by the signal handler.
-_LIVE: set[str] = set()
+#: {temporary file being written now: the process writing it}; the signal handler removes its own process's only
+#: (a forked child, e.g. a DataLoader worker, inherits the handler and a copy of this).
+_LIVE: dict[str, int] = {}
 #: {signal number: the handler it had before ours}, while ours is installed.
 _PREVIOUS_HANDLERS: dict[int, object] = {}
 _CLEANED_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
@@ -36,9 +37,10 @@ def is_temporary(name: str) -> bool:
 def _remove_live_then_resignal(signum, frame) -> None:
     """Remove the temporary files being written, then let the signal do what it did before (by default: end the
     process with that signal)."""
-    for tmp in list(_LIVE):
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    for tmp, pid in list(_LIVE.items()):
+        if pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
     previous = _PREVIOUS_HANDLERS.pop(signum, signal.SIG_DFL)
     previous = signal.SIG_DFL if previous is None else previous  # None: a handler set outside Python
     signal.signal(signum, previous)  # type: ignore[arg-type]
@@ -68,13 +70,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     _clean_up_on_signals()
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=TEMPORARY_PREFIX, suffix=os.path.basename(target))
     os.close(fd)
-    _LIVE.add(tmp)
+    _LIVE[tmp] = os.getpid()
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600, which would hide shared outputs from other users
         os.replace(tmp, target)
     finally:
-        _LIVE.discard(tmp)
+        _LIVE.pop(tmp, None)
         if os.path.exists(tmp):
             os.remove(tmp)
 
