@@ -34,6 +34,7 @@ from monai.data import list_data_collate
 from monai.transforms import AsDiscreted, CastToTyped, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.transform.pre import LoadImageTensord
 
 from common.bundle import guard_finite_outputs, load_weights, optimise_for_inference
 from common.errors import BundleInputError
@@ -55,6 +56,15 @@ def _file_stamp(path: str) -> tuple[int, int, int]:
 def _structure_name(channel_name: str) -> str:
     """``"target (logit)"`` -> ``"target"``."""
     return re.sub(r"\s*\(.*\)\s*$", "", channel_name).strip() or "foreground"
+
+
+def _loader_for(transform, data: dict):
+    """``transform``, or the bundle's ``LoadImaged`` inside MONAI Label's ``LoadImageTensord`` when that loader
+    allows missing keys and ``data`` has none of them."""
+    inner = transform.load_image_d if isinstance(transform, LoadImageTensord) else None
+    if inner is not None and inner.allow_missing_keys and not any(k in data for k in transform.keys):
+        return inner
+    return transform
 
 
 class PromptedBundleInferTask(BundleInferTask):
@@ -132,7 +142,10 @@ class PromptedBundleInferTask(BundleInferTask):
 
     def run_pre_transforms(self, data, transforms):
         """The bundle's preprocessing, with MONAI Label's ``image_path`` string set aside meanwhile: MONAI's
-        ``Spacingd`` merges NIfTI meta into every ``image_*`` entry of the dict and fails on a string."""
+        ``Spacingd`` merges NIfTI meta into every ``image_*`` entry of the dict and fails on a string. MONAI Label
+        wraps each ``LoadImaged`` in its ``LoadImageTensord``, which looks every key up: where the bundle's loader
+        allows its keys to be missing (an optional mask prompt) and they are, the bundle's own loader runs instead."""
+        transforms = [_loader_for(t, data) for t in transforms]
         image_path = data.pop("image_path", None)
         data = super().run_pre_transforms(data, transforms)
         if image_path is not None:

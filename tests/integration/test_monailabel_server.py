@@ -350,30 +350,34 @@ def test_samihs_clicks_and_box_on_a_volume(server, studies, bundles_dir, ct3, tm
 
 def test_samihs_polyp_frame_with_an_uploaded_map(server, studies, bundles_dir, tmp_path):
     """The polyp bundle on a 2-D frame: the external probability map uploaded as MONAI Label's ``label`` file (no
-    click needed), optionally with a click; the PNG label (probability >= 0.5) equals the bundle's own output."""
+    click needed), optionally with a click, or a click alone (no map: SAM's no-mask embedding); the PNG label
+    (probability >= 0.5) equals the bundle's own output for the same prompts."""
     client, _ = server
     frame = studies / f"{POLYP_FRAME}.png"
     height, width = np.asarray(Image.open(frame)).shape[:2]
     yy, xx = np.mgrid[:256, :448]
     pns_map = tmp_path / "pns_map.png"  # PNS+'s 256 x 448 uint8 probabilities: a soft disc
     Image.fromarray((255 / (1 + np.exp(((yy - 128) ** 2 + (xx - 200) ** 2) / 900 - 3))).astype(np.uint8)).save(pns_map)
-    for name, params, own_prompts in (
-        ("map", {}, {}),
-        ("map_click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]}),
+    masks = {}
+    for name, params, own_prompts, uploaded in (
+        ("map", {}, {}, pns_map),
+        ("map_click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]}, pns_map),
+        ("click", {"foreground": [[60, 50]]}, {"points": [[60, 50]]}, None),
     ):
-        result, _ = client.infer("samihs_polyp", POLYP_FRAME, params, label_in=str(pns_map))
+        result, _ = client.infer("samihs_polyp", POLYP_FRAME, params, label_in=uploaded and str(uploaded))
         assert result.endswith(".png")
-        mask = np.asarray(Image.open(result))
+        mask = masks[name] = np.asarray(Image.open(result))
         assert mask.shape == (height, width)
         out = tmp_path / name
         run_inference(
             bundles_dir / "samihs_polyp" / "configs",
             out,
-            {"image": str(frame), "mask_prompt": str(pns_map), **own_prompts},
+            {"image": str(frame), **({"mask_prompt": str(uploaded)} if uploaded else {}), **own_prompts},
             bundle_root=str(bundles_dir / "samihs_polyp"),
         )
         own = np.asarray(Image.open(out / f"{POLYP_FRAME}.png"))  # uint8(255 p)
         np.testing.assert_array_equal(mask > 0, own >= 128)
+    assert (masks["click"] != masks["map_click"]).any()  # the map of the earlier request was not kept
 
 
 @pytest.mark.parametrize(
