@@ -3,7 +3,8 @@
 No CT-ICH or INSTANCE data offline: training and evaluation run on a synthetic CT-ICH layout (small int16 volumes,
 two haemorrhage slices per patient) with patient-level folds, which proves the slice pipeline, prompts, loss,
 validation and the per-slice / per-patient report, not ICH accuracy. Inference runs on the real lesion volumes of
-``../shared/data/lesions`` (a brain MR and a chest CT, NRRD) with clicks and boxes in file voxel indices.
+``../shared/data/lesions`` (a brain MR and a chest CT, NRRD) and the CT DICOM series of ``../shared/data/totalseg_ct``
+with clicks and boxes in file voxel indices.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from ignite.engine import Events
+from monai.transforms import LoadImage
 from workflow_utils import (
     checked_properties,
     expect_failure,
@@ -222,6 +224,24 @@ def test_inference_on_real_lesion_volumes(configs, tiny_weights, tmp_path, lesio
     np.testing.assert_allclose(seg.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-4)  # RAS of the file's LPS
     data = np.asarray(seg.dataobj)
     assert {int(z) for z in np.nonzero(data.any(axis=(0, 1)))[0]} <= prompted
+
+
+def test_inference_on_a_dicom_series(configs, tiny_weights, tmp_path, totalseg_dir):
+    """A DICOM series folder (20 CT slices, one file each) with a click on slice 2 and a box over slices 12-14, in
+    the series' voxel indices as ITK reads it: the label volume lies on the series' grid (its affine) and only the
+    prompted slices, each of them, hold labels (slices taken from the other end of the stack would be 17 and 5-7)."""
+    series = totalseg_dir / "dicom"
+    out = tmp_path / "out"
+    prompt = {"points": [[256, 300, 2]], "boxes": [[180, 250, 12, 330, 380, 14]]}
+    wf = run_inference(configs, out, {"image": str(series), **prompt}, ckpt_path=str(tiny_weights), **TINY_CFG)
+    assert checked_properties(wf) == []
+    assert files_left(out) == ["dicom_seg.nii.gz"]
+    seg = nib.load(str(out / "dicom_seg.nii.gz"))
+    reference = LoadImage(reader="ITKReader", image_only=True)(str(series))
+    assert seg.shape == tuple(reference.shape) == (512, 512, 20)
+    np.testing.assert_allclose(seg.affine, reference.affine.numpy(), atol=1e-4)
+    labelled = {int(z) for z in np.nonzero(np.asarray(seg.dataobj).any(axis=(0, 1)))[0]}
+    assert labelled == {2, 12, 13, 14}
 
 
 @pytest.mark.parametrize("prompt, fragment", [({"points": [[300, 10, 3]]}, "outside the image"), ({}, "no prompt")])
