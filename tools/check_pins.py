@@ -12,6 +12,7 @@ whole: torch's CUDA wheels are not on every index. Needs the package registry. E
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -42,23 +43,32 @@ def bundle_pins(bundle: str) -> dict[str, str]:
     return pins
 
 
+@functools.lru_cache(maxsize=None)
+def release_requires(name: str, version: str, python: str) -> tuple[tuple[str, ...] | None, str]:
+    """(``requires_dist`` of the wheel pip picks for ``name==version`` on ``python``, "") or (None, pip's last
+    error line). One pip call per release and Python, remembered: bundles share most pins."""
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    with tempfile.TemporaryDirectory() as target:
+        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps"]
+        command += ["--only-binary=:all:", "--python-version", python, *platforms, "--target", target]
+        command += ["--quiet", "--report", "-", f"{name}=={version}"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return None, (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+    (item,) = json.loads(done.stdout)["install"]
+    return tuple(item["metadata"].get("requires_dist") or ()), ""
+
+
 def resolve(pins: dict[str, str], python: str) -> tuple[dict[str, list[str]], list[str]]:
     """(``{name: requires_dist}`` of each pinned release found, problems) for one Python version."""
     found: dict[str, list[str]] = {}
     problems: list[str] = []
-    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    with tempfile.TemporaryDirectory() as target:
-        for name, version in sorted(pins.items()):
-            command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps"]
-            command += ["--only-binary=:all:", "--python-version", python, *platforms, "--target", target]
-            command += ["--quiet", "--report", "-", f"{name}=={version}"]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-                problems.append(f"Python {python}: {name}=={version} has no installable wheel: {last}")
-                continue
-            (item,) = json.loads(done.stdout)["install"]
-            found[canonicalize_name(name)] = item["metadata"].get("requires_dist") or []
+    for name, version in sorted(pins.items()):
+        requires, error = release_requires(name, version, python)
+        if requires is None:
+            problems.append(f"Python {python}: {name}=={version} has no installable wheel: {error}")
+        else:
+            found[canonicalize_name(name)] = list(requires)
     return found, problems
 
 
