@@ -1,8 +1,9 @@
 """tools/random_weights.py: seeded random weights of a bundle's inference network, for trying a pipeline before
-training; the README smoke-test commands of 3DSAM-adapter and MSA use it."""
+training; the README smoke-test commands of every bundle without shipped weights use it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +42,15 @@ def test_refuses_the_models_folder_unknown_keys_and_non_bundles(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_the_readme_commands_name_the_tool():
-    for bundle in ("msa", "3dsam_pancreas"):
-        readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
-        assert f"python tools/random_weights.py bundles/{bundle} /tmp/" in readme
-        hint = (REPO / "bundles" / bundle / "configs" / "inference.json").read_text()
-        assert "random_weights.py" in hint and "github.com/" in hint  # the missing-weights message
+@pytest.mark.parametrize("bundle", ["msa", "3dsam_pancreas", "samus_busi", "samihs_ich", "samihs_polyp"])
+def test_the_readme_commands_name_the_tool(bundle):
+    """Each bundle without shipped weights shows the smoke path in its README and its missing-weights message;
+    the message links the authors' release where there is one (SAMIHS publishes no trained weights)."""
+    readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
+    assert f"python tools/random_weights.py bundles/{bundle} /tmp/" in readme
+    hint = json.loads((REPO / "bundles" / bundle / "configs" / "inference.json").read_text())["weights_hint"]
+    assert f"random_weights.py bundles/{bundle} /tmp/" in hint and "--ckpt_path /tmp/" in hint
+    assert ("github.com/" in hint) == (not bundle.startswith("samihs"))
 
 
 def test_command_line(tmp_path):
