@@ -47,7 +47,8 @@ def test_the_readme_commands_name_the_tool(bundle):
     """Each bundle without shipped weights shows the smoke path in its README and its missing-weights message;
     the message links the authors' release where there is one (SAMIHS publishes no trained weights)."""
     readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
-    assert f"python tools/random_weights.py bundles/{bundle} /tmp/" in readme
+    assert f"python tools/random_weights.py bundles/{bundle} /tmp/" in readme and "Trying it without weights" in readme
+    assert "python tools/random_weights.py bundles/<name> /tmp/" in (REPO / "README.md").read_text()
     hint = json.loads((REPO / "bundles" / bundle / "configs" / "inference.json").read_text())["weights_hint"]
     assert f"random_weights.py bundles/{bundle} /tmp/" in hint and "--ckpt_path /tmp/" in hint
     assert ("github.com/" in hint) == (not bundle.startswith("samihs"))
