@@ -21,14 +21,13 @@ from common.errors import InvalidInputError
 from common.networks.sam import build_tiny_sam
 from common.transforms.geometry import _numeric
 
-SHARED_CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalseg_ct"
-SHARED_NIFTI = SHARED_CT / "ct_abdomen_3mm.nii.gz"
-SHARED_SERIES = SHARED_CT / "dicom"  # 20 JPEG 2000 slices, 2 mm apart
+NIFTI = "ct_abdomen_3mm.nii.gz"  # in the shared CT folder (the ``totalseg_dir`` fixture)
+SERIES = "dicom"  # 20 JPEG 2000 slices, 2 mm apart
 
 
-def _copy_series(tmp_path: Path, name: str) -> tuple[Path, list[Path]]:
+def _copy_series(tmp_path: Path, ct: Path, name: str) -> tuple[Path, list[Path]]:
     folder = tmp_path / name
-    shutil.copytree(SHARED_SERIES, folder)
+    shutil.copytree(ct / SERIES, folder)
     return folder, sorted(folder.iterdir())
 
 
@@ -62,9 +61,12 @@ def _nifti(path: Path, shape) -> Path:
     return path
 
 
+def test_whole_real_inputs_pass(totalseg_dir):
+    check_image_path(totalseg_dir / NIFTI)
+    check_image_path(totalseg_dir / SERIES)
+
+
 def test_whole_inputs_pass(tmp_path):
-    check_image_path(SHARED_NIFTI)
-    check_image_path(SHARED_SERIES)
     check_image_path(ct_small_dicom())  # one DICOM file
     check_image_path(_native_series(tmp_path / "native"))
     check_image_path(_nifti(tmp_path / "2d.nii.gz", (5, 6)))
@@ -75,20 +77,20 @@ def test_whole_inputs_pass(tmp_path):
         check_image_path(tmp_path / "empty.mp4")
 
 
-def _truncated_gz(tmp_path):
-    data = SHARED_NIFTI.read_bytes()
+def _truncated_gz(tmp_path, ct):
+    data = (ct / NIFTI).read_bytes()
     (tmp_path / "half.nii.gz").write_bytes(data[: len(data) // 2])
     return tmp_path / "half.nii.gz", "gzip stream does not inflate"
 
 
-def _header_only(tmp_path):
-    raw = gzip.decompress(SHARED_NIFTI.read_bytes())
+def _header_only(tmp_path, ct):
+    raw = gzip.decompress((ct / NIFTI).read_bytes())
     (tmp_path / "hdr.nii.gz").write_bytes(gzip.compress(raw[:352]))
     return tmp_path / "hdr.nii.gz", "is truncated: 352 bytes .* the header declares 739,320"
 
 
-def _short_plain_nifti(tmp_path):
-    raw = gzip.decompress(SHARED_NIFTI.read_bytes())
+def _short_plain_nifti(tmp_path, ct):
+    raw = gzip.decompress((ct / NIFTI).read_bytes())
     (tmp_path / "short.nii").write_bytes(raw[: len(raw) // 2])
     return tmp_path / "short.nii", "short.nii is truncated"
 
@@ -116,28 +118,28 @@ def _zero_size(tmp_path):
     return _nifti(tmp_path / "zero.nii.gz", (4, 0, 4)), r"zero.nii.gz has a zero-size axis \(shape \(4, 0, 4\)\)"
 
 
-def _two_series(tmp_path):
-    folder, files = _copy_series(tmp_path, "two")
+def _two_series(tmp_path, ct):
+    folder, files = _copy_series(tmp_path, ct, "two")
     other = pydicom.dcmread(files[0])
     other.SeriesInstanceUID, other.SeriesDescription = "1.2.3.4", "scout"
     other.save_as(folder / "scout.dcm")
     return folder, r"holds 2 DICOM series .*1\.2\.3\.4 \(1 files, 'scout'\)"
 
 
-def _missing_slice(tmp_path):
-    folder, files = _copy_series(tmp_path, "gap")
+def _missing_slice(tmp_path, ct):
+    folder, files = _copy_series(tmp_path, ct, "gap")
     files[7].unlink()
     return folder, "a gap of 4 mm between .* slices are missing"
 
 
-def _repeated_slice(tmp_path):
-    folder, files = _copy_series(tmp_path, "dup")
+def _repeated_slice(tmp_path, ct):
+    folder, files = _copy_series(tmp_path, ct, "dup")
     shutil.copy(files[3], folder / "copy.dcm")
     return folder, "1 slice position.s. repeat"
 
 
-def _cut_compressed_slice(tmp_path):
-    folder, files = _copy_series(tmp_path, "cut")
+def _cut_compressed_slice(tmp_path, ct):
+    folder, files = _copy_series(tmp_path, ct, "cut")
     data = files[5].read_bytes()
     files[5].write_bytes(data[:-2000])
     return folder, f"{files[5].name} is truncated: it has no complete pixel data"
@@ -147,26 +149,23 @@ def _cut_native_slice(tmp_path):
     return _native_series(tmp_path / "native_cut", cut_last=8), r"2.dcm is truncated: 24 bytes of pixel data, 32"
 
 
-def _nifti_folder(tmp_path):
+def _nifti_folder(tmp_path, ct):
     (tmp_path / "niftis").mkdir()
-    shutil.copy(SHARED_NIFTI, tmp_path / "niftis")
+    shutil.copy(ct / NIFTI, tmp_path / "niftis")
     return tmp_path / "niftis", "holds no DICOM image files; it holds 1 other file.s., e.g. ct_abdomen_3mm.nii.gz"
 
 
-BAD_INPUTS = [
+#: Damaged inputs made from nothing: ``make(tmp_path)``.
+BAD_INPUTS = [_empty, _text_as_nifti, _unknown_format, _four_d, _zero_size, _cut_native_slice]
+#: Damaged copies of the shared real CT: ``make(tmp_path, ct)``.
+BAD_REAL_INPUTS = [
     _truncated_gz,
     _header_only,
     _short_plain_nifti,
-    _empty,
-    _text_as_nifti,
-    _unknown_format,
-    _four_d,
-    _zero_size,
     _two_series,
     _missing_slice,
     _repeated_slice,
     _cut_compressed_slice,
-    _cut_native_slice,
     _nifti_folder,
 ]
 
@@ -174,6 +173,13 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("make", BAD_INPUTS, ids=[m.__name__.strip("_") for m in BAD_INPUTS])
 def test_damaged_inputs_are_refused_naming_the_file(tmp_path, make):
     path, message = make(tmp_path)
+    with pytest.raises(InvalidInputError, match=message):
+        check_image_path(path, "image")
+
+
+@pytest.mark.parametrize("make", BAD_REAL_INPUTS, ids=[m.__name__.strip("_") for m in BAD_REAL_INPUTS])
+def test_damaged_real_inputs_are_refused_naming_the_file(tmp_path, totalseg_dir, make):
+    path, message = make(tmp_path, totalseg_dir)
     with pytest.raises(InvalidInputError, match=message):
         check_image_path(path, "image")
 
