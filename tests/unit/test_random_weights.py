@@ -48,10 +48,13 @@ def test_the_readme_commands_name_the_tool(bundle):
     the message links the authors' release where there is one (SAMIHS publishes no trained weights)."""
     readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
     assert f"python tools/random_weights.py bundles/{bundle} /tmp/" in readme and "Trying it without weights" in readme
-    assert "python tools/random_weights.py bundles/<name> /tmp/" in (REPO / "README.md").read_text()
     hint = json.loads((REPO / "bundles" / bundle / "configs" / "inference.json").read_text())["weights_hint"]
     assert f"random_weights.py bundles/{bundle} /tmp/" in hint and "--ckpt_path /tmp/" in hint
     assert ("github.com/" in hint) == (not bundle.startswith("samihs"))
+
+
+def test_the_root_readme_names_the_tool():
+    assert "python tools/random_weights.py bundles/<name> /tmp/" in (REPO / "README.md").read_text()
 
 
 def test_command_line(tmp_path):
